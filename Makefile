@@ -1,0 +1,61 @@
+# Visual product recommendations: set-up, build, run and test.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+MODEL_NAME ?= product_embedder
+BACKBONE ?= efficientnet_lite0
+MODEL_PT := model_repository/$(MODEL_NAME)/1/model.pt
+PROTO := protos/recsys/v1/recsys.proto
+STUBS_DIR := gateway/api
+STUBS := $(STUBS_DIR)/recsys/v1/recsys_pb2.py
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data protos check-protos model test run index demo clean
+
+## setup: pinned virtual environment, generated gRPC stubs, Fashion-MNIST data (idempotent)
+setup: $(VENV)/.installed $(STUBS) data
+
+$(VENV)/.installed: requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==24.3.1
+	$(PY) -m pip install --quiet -r requirements.lock
+	touch $@
+
+data:
+	@if [ -f "$(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz" ]; then \
+		echo "Fashion-MNIST: $(FASHION_MNIST_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not found in $(FASHION_MNIST_DIR)."; \
+		echo "Install it with 'sudo apt-get install dataset-fashion-mnist', or put the four files"; \
+		echo "train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"; \
+		echo "in a folder and run: make setup FASHION_MNIST_DIR=/that/folder (and export FASHION_MNIST_DIR for the service)."; \
+		exit 1; \
+	fi
+
+## protos: Python stubs (with .pyi) from protos/, by the pinned grpcio-tools
+protos: $(STUBS)
+
+$(STUBS): $(PROTO) $(VENV)/.installed stack/protos.py
+	$(PY) -m stack.protos --out $(STUBS_DIR)
+
+## check-protos: fails when the generated stubs differ from what the proto and generator produce
+check-protos: $(STUBS)
+	$(PY) -m stack.protos --out $(STUBS_DIR) --check
+
+## model: export the TorchScript embedding model and its Triton config into model_repository/
+model: $(MODEL_PT)
+
+$(MODEL_PT): $(VENV)/.installed $(wildcard model_export/*.py)
+	$(PY) -m model_export --backbone $(BACKBONE) --name $(MODEL_NAME) --repository model_repository
+
+## test: the whole suite against real tritonserver, redis-server and the Qdrant engine
+test: setup model
+	$(PY) -m pytest -q -ra tests
+
+clean:
+	rm -rf $(STUBS_DIR) model_repository/*/[0-9]* model_repository/*/config.pbtxt .pytest_cache

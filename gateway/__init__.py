@@ -1,0 +1,1 @@
+"""gRPC gateway: visual product recommendations over Triton, Qdrant and Redis."""

@@ -1,0 +1,73 @@
+"""Domain objects and errors shared by the pipeline and its adapters (no protobuf, no gRPC)."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The embedding model that produced a vector: Triton name and version, backbone, dimension."""
+
+    name: str
+    version: str
+    backbone: str
+    dim: int
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version} ({self.backbone})"
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """A catalog product with its embedding."""
+
+    product_id: str
+    category: str
+    vector: np.ndarray
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A search hit: a catalog product, its vector and its cosine similarity to the query."""
+
+    item: CatalogItem
+    score: float
+
+
+@dataclass(frozen=True)
+class View:
+    """One product view of a user."""
+
+    product_id: str
+    viewed_at_ms: int
+
+
+class RecsysError(Exception):
+    """Base of errors a caller can act on; the message is shown to the caller as is."""
+
+
+class InvalidArgument(RecsysError):
+    """The request is malformed (bad image, bad id, out-of-range value)."""
+
+
+class NotFound(RecsysError):
+    """A referenced product does not exist."""
+
+
+class FailedPrecondition(RecsysError):
+    """The system is not in a state to serve this request (e.g. catalog built with another model)."""
+
+
+class Unavailable(RecsysError):
+    """A backend (Triton, Qdrant, Redis) cannot be reached or failed; retrying may succeed."""
+
+
+class ResourceExhausted(RecsysError):
+    """Too much concurrent work; retry later."""
+
+
+class DeadlineExceeded(RecsysError):
+    """A stage ran out of its time budget."""
