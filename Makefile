@@ -57,5 +57,18 @@ $(MODEL_PT): $(VENV)/.installed $(wildcard model_export/*.py)
 test: setup model
 	$(PY) -m pytest -q -ra tests
 
+## run: set up, build the model, start tritonserver + redis-server + the gateway, index the demo catalog, serve
+run: setup model
+	$(PY) -m stack.run serve
+
+## index: ingest Fashion-MNIST (or SOURCE=folder CSV=products.csv) into the catalog; resumable; RECREATE=1 starts over
+SOURCE ?= fashion-mnist
+index: setup model
+	$(PY) -m stack.run index $(SOURCE) $(if $(CSV),--csv $(CSV)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(RECREATE),--recreate)
+
+## demo: send a sample image to the running gateway and print the recommendations
+demo: $(STUBS)
+	$(PY) -m stack.demo
+
 clean:
 	rm -rf $(STUBS_DIR) model_repository/*/[0-9]* model_repository/*/config.pbtxt .pytest_cache

@@ -1,0 +1,256 @@
+"""The catalog in the Qdrant engine embedded in this process (qdrant-edge-py), persisted in a directory."""
+
+import asyncio
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeOptimizersConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    HasIdCondition,
+    MatchAny,
+    PayloadSchemaType,
+    Point,
+    Query,
+    QueryRequest,
+    SearchParams,
+    UpdateOperation,
+)
+
+from gateway.catalog.store import (
+    CATEGORY_FIELD,
+    EXACT_SEARCH_MAX_POINTS,
+    check_limit,
+    checked_items,
+    checked_vector,
+    ensure_built_with,
+    indexing_threshold_kb,
+    item_from_point,
+    model_from_record,
+    model_record,
+    point_ids,
+    read_json,
+    write_json_atomically,
+)
+from gateway.domain import CatalogItem, ModelInfo, Neighbour, RecsysError, Unavailable
+
+MODEL_FILE = "embedding_model.json"
+DEFAULT_HNSW_EF = 128
+
+T = TypeVar("T")
+
+
+class EdgeCatalog:
+    """Catalog in an embedded Qdrant shard at `path / collection`, with the model recorded in MODEL_FILE.
+
+    The engine is synchronous, so every call runs on one dedicated thread, which also serialises access.
+    Writes are flushed before they return. Searches are exact while the shard holds at most
+    `exact_search_max_points` points; above that they use HNSW with `hnsw_ef`, once `optimize()` has built
+    the index after bulk ingestion (until then the engine still scans every point). One process at a time
+    can open a shard.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        collection: str = "products",
+        *,
+        exact_search_max_points: int = EXACT_SEARCH_MAX_POINTS,
+        hnsw_ef: int = DEFAULT_HNSW_EF,
+    ) -> None:
+        self._shard_dir = path / collection
+        self._exact_search_max_points = exact_search_max_points
+        self._hnsw_ef = hnsw_ef
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qdrant-edge-{collection}")
+        self._shard: EdgeShard | None = None
+        self._model: ModelInfo | None = None
+        self._points = 0
+        self._closed = False
+
+    async def open(self, model: ModelInfo) -> None:
+        """Create the shard for `model` if missing, else load it after checking it was built with `model`."""
+        await self._in_thread(self._open, model)
+
+    async def drop(self) -> None:
+        """Delete the shard and its model record, so that the next `open` starts an empty catalog."""
+        if self._shard is not None:
+            raise Unavailable(f"The embedded Qdrant catalog at {self._shard_dir} is open; drop it before opening")
+        await self._in_thread(shutil.rmtree, self._shard_dir, True)
+
+    async def upsert(self, items: Sequence[CatalogItem]) -> None:
+        """Insert or replace products by product id; flushed to disk when this returns."""
+        if items:
+            await self._in_thread(self._upsert, items)
+
+    async def delete(self, product_ids: Sequence[str]) -> int:
+        """Delete products; returns how many of them existed."""
+        return await self._in_thread(self._delete, product_ids) if product_ids else 0
+
+    async def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        categories: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[Neighbour]:
+        """The `limit` products most cosine-similar to `vector`, best first, with their (unit) vectors."""
+        check_limit(limit)
+        return await self._in_thread(self._search, vector, limit, categories, exclude_ids)
+
+    async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
+        """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
+        return await self._in_thread(self._retrieve, product_ids, with_vectors) if product_ids else {}
+
+    async def count(self) -> int:
+        """Number of products in the shard."""
+        return await self._in_thread(self._count)
+
+    async def ping(self) -> None:
+        """Raise Unavailable if the shard is not open or the engine cannot answer."""
+        await self._in_thread(self._count)
+
+    async def optimize(self) -> bool:
+        """Merge segments and, above the exact-search size, build the HNSW index; True if anything changed.
+
+        Run it after bulk ingestion, not while serving: searches wait for it. Measured here on 2 cores:
+        25,000 x 1280-d clustered embeddings took 14 s, after which a top-10 search took 1.2 ms instead of
+        13 ms, with the same results as exact search.
+        """
+        return await self._in_thread(self._optimize)
+
+    async def close(self) -> None:
+        """Flush and close the shard and stop its thread; the store cannot be opened again."""
+        if self._shard is not None:
+            await self._in_thread(self._close)
+        self._closed = True
+        self._executor.shutdown()
+
+    async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise Unavailable(f"The embedded Qdrant catalog at {self._shard_dir} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    @contextmanager
+    def _engine_errors(self, hint: str = "") -> Iterator[None]:
+        """Turn the engine's errors (it raises plain Exception) into Unavailable naming the shard."""
+        try:
+            yield
+        except RecsysError:
+            raise
+        except Exception as error:
+            message = f"The embedded Qdrant catalog at {self._shard_dir} failed: {error}{hint}"
+            raise Unavailable(message) from error
+
+    def _open(self, model: ModelInfo) -> None:
+        model_file = self._shard_dir / MODEL_FILE
+        recorded = model_from_record(read_json(model_file))
+        shard_exists = (self._shard_dir / "segments").is_dir()
+        if shard_exists or recorded is not None:
+            reset_hint = f"delete the directory {self._shard_dir}"
+            ensure_built_with(recorded, model, f"at {self._shard_dir}", reset_hint)
+        else:
+            self._shard_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(model_file, model_record(model))
+        config = EdgeConfig(
+            vectors=EdgeVectorParams(size=model.dim, distance=Distance.Cosine),
+            optimizers=EdgeOptimizersConfig(
+                indexing_threshold=indexing_threshold_kb(model.dim, self._exact_search_max_points)
+            ),
+        )
+        with self._engine_errors(" (only one process at a time can open it)"):
+            if shard_exists:
+                shard = EdgeShard.load(str(self._shard_dir), config)
+            else:
+                shard = EdgeShard.create(str(self._shard_dir), config)
+            if CATEGORY_FIELD not in shard.info().payload_schema:
+                shard.update(UpdateOperation.create_field_index(CATEGORY_FIELD, PayloadSchemaType.Keyword))
+                shard.flush()
+            self._points = shard.count(CountRequest(exact=True))
+        self._shard, self._model = shard, model
+
+    def _opened(self) -> tuple[EdgeShard, ModelInfo]:
+        if self._shard is None or self._model is None:
+            raise Unavailable(f"The embedded Qdrant catalog at {self._shard_dir} is not open")
+        return self._shard, self._model
+
+    def _upsert(self, items: Sequence[CatalogItem]) -> None:
+        shard, model = self._opened()
+        points = [Point(id_, vector, payload) for id_, vector, payload in checked_items(items, model.dim)]
+        with self._engine_errors():
+            shard.update(UpdateOperation.upsert_points(points))
+            shard.flush()
+            self._points = shard.count(CountRequest(exact=True))
+
+    def _delete(self, product_ids: Sequence[str]) -> int:
+        shard, _ = self._opened()
+        with self._engine_errors():
+            existing = shard.retrieve(point_ids(product_ids), with_payload=False, with_vector=False)
+            if existing:
+                shard.update(UpdateOperation.delete_points([record.id for record in existing]))
+                shard.flush()
+                self._points = shard.count(CountRequest(exact=True))
+        return len(existing)
+
+    def _search(
+        self, vector: np.ndarray, limit: int, categories: Sequence[str], exclude_ids: Sequence[str]
+    ) -> list[Neighbour]:
+        shard, model = self._opened()
+        exact = self._points <= self._exact_search_max_points
+        request = QueryRequest(
+            limit=limit,
+            query=Query.Nearest(checked_vector(vector, model.dim)),
+            filter=_filter(categories, exclude_ids),
+            with_payload=True,
+            with_vector=True,
+            params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
+        )
+        with self._engine_errors():
+            hits = shard.query(request)
+        return [Neighbour(item_from_point(hit.payload, hit.vector), hit.score) for hit in hits]
+
+    def _retrieve(self, product_ids: Sequence[str], with_vectors: bool) -> dict[str, CatalogItem]:
+        shard, _ = self._opened()
+        with self._engine_errors():
+            records = shard.retrieve(point_ids(product_ids), with_payload=True, with_vector=with_vectors)
+        items = (item_from_point(record.payload, record.vector) for record in records)
+        return {item.product_id: item for item in items}
+
+    def _count(self) -> int:
+        shard, _ = self._opened()
+        with self._engine_errors():
+            return shard.count(CountRequest(exact=True))
+
+    def _optimize(self) -> bool:
+        shard, _ = self._opened()
+        with self._engine_errors():
+            changed = shard.optimize()
+            shard.flush()
+        return changed
+
+    def _close(self) -> None:
+        shard, _ = self._opened()
+        self._shard = None
+        with self._engine_errors():
+            shard.flush()
+            shard.close()
+
+
+def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> Filter | None:
+    """The engine filter keeping `categories` (all when empty) and dropping `exclude_ids`."""
+    if not categories and not exclude_ids:
+        return None
+    return Filter(
+        must=[FieldCondition(CATEGORY_FIELD, match=MatchAny(list(categories)))] if categories else None,
+        must_not=[HasIdCondition(set(point_ids(exclude_ids)))] if exclude_ids else None,
+    )

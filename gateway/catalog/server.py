@@ -1,0 +1,208 @@
+"""The catalog in a Qdrant collection reached through qdrant-client's async API (a server, or local mode)."""
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import grpc
+import httpx
+import numpy as np
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from gateway.catalog.store import (
+    CATEGORY_FIELD,
+    EXACT_SEARCH_MAX_POINTS,
+    check_limit,
+    checked_items,
+    checked_vector,
+    ensure_built_with,
+    indexing_threshold_kb,
+    item_from_point,
+    model_from_record,
+    model_record,
+    point_ids,
+)
+from gateway.domain import (
+    CatalogItem,
+    FailedPrecondition,
+    ModelInfo,
+    Neighbour,
+    ResourceExhausted,
+    Unavailable,
+)
+
+# The collection metadata key holding the embedding model's record.
+MODEL_METADATA_KEY = "embedding_model"
+
+
+class QdrantClientCatalog:
+    """Catalog in the Qdrant collection `collection`, with the model recorded in the collection's metadata.
+
+    Qdrant decides how to search: segments stay unindexed, and are scanned exactly, until they hold
+    `exact_search_max_points` vectors; larger ones get an HNSW index from the server's optimizer.
+    Transport failures raise Unavailable; a missing collection raises FailedPrecondition.
+    """
+
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection: str = "products",
+        *,
+        exact_search_max_points: int = EXACT_SEARCH_MAX_POINTS,
+    ) -> None:
+        self._client = client
+        self._collection = collection
+        self._exact_search_max_points = exact_search_max_points
+        self._model: ModelInfo | None = None
+
+    async def open(self, model: ModelInfo) -> None:
+        """Create the collection for `model` if missing, else check it was built with `model`."""
+        with self._server_errors():
+            if await self._client.collection_exists(self._collection):
+                info = await self._client.get_collection(self._collection)
+                metadata = info.config.metadata or {}
+                recorded = model_from_record(metadata.get(MODEL_METADATA_KEY))
+                ensure_built_with(
+                    recorded,
+                    model,
+                    f"in the Qdrant collection '{self._collection}'",
+                    f"delete the collection '{self._collection}'",
+                )
+            else:
+                await self._create_collection(model)
+        self._model = model
+
+    async def drop(self) -> None:
+        """Delete the collection, so that the next `open` starts an empty catalog."""
+        with self._server_errors():
+            await self._client.delete_collection(self._collection)
+
+    async def upsert(self, items: Sequence[CatalogItem]) -> None:
+        """Insert or replace products by product id; acknowledged by Qdrant when this returns."""
+        if not items:
+            return
+        points = await asyncio.to_thread(_points, items, self._opened().dim)
+        with self._server_errors():
+            await self._client.upsert(self._collection, points, wait=True)
+
+    async def delete(self, product_ids: Sequence[str]) -> int:
+        """Delete products; returns how many of them existed (not atomic against concurrent writers)."""
+        if not product_ids:
+            return 0
+        with self._server_errors():
+            existing = await self._client.retrieve(
+                self._collection, point_ids(product_ids), with_payload=False, with_vectors=False
+            )
+            if existing:
+                selector = models.PointIdsList(points=[record.id for record in existing])
+                await self._client.delete(self._collection, selector, wait=True)
+        return len(existing)
+
+    async def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        categories: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[Neighbour]:
+        """The `limit` products most cosine-similar to `vector`, best first, with their (unit) vectors."""
+        check_limit(limit)
+        query = checked_vector(vector, self._opened().dim)
+        with self._server_errors():
+            response = await self._client.query_points(
+                self._collection,
+                query=query,
+                query_filter=_filter(categories, exclude_ids),
+                limit=limit,
+                with_payload=True,
+                with_vectors=True,
+            )
+        return [Neighbour(item_from_point(hit.payload, hit.vector), hit.score) for hit in response.points]
+
+    async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
+        """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
+        if not product_ids:
+            return {}
+        with self._server_errors():
+            records = await self._client.retrieve(
+                self._collection, point_ids(product_ids), with_payload=True, with_vectors=with_vectors
+            )
+        items = (item_from_point(record.payload, record.vector) for record in records)
+        return {item.product_id: item for item in items}
+
+    async def count(self) -> int:
+        """Number of products in the collection."""
+        with self._server_errors():
+            return (await self._client.count(self._collection, exact=True)).count
+
+    async def ping(self) -> None:
+        """Raise Unavailable if Qdrant does not answer (FailedPrecondition if the collection is gone)."""
+        with self._server_errors():
+            await self._client.count(self._collection, exact=False)
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self._client.close()
+
+    async def _create_collection(self, model: ModelInfo) -> None:
+        await self._client.create_collection(
+            self._collection,
+            vectors_config=models.VectorParams(size=model.dim, distance=models.Distance.COSINE),
+            optimizers_config=models.OptimizersConfigDiff(
+                indexing_threshold=indexing_threshold_kb(model.dim, self._exact_search_max_points)
+            ),
+            metadata={MODEL_METADATA_KEY: model_record(model)},
+        )
+        await self._client.create_payload_index(
+            self._collection, CATEGORY_FIELD, models.PayloadSchemaType.KEYWORD, wait=True
+        )
+
+    def _opened(self) -> ModelInfo:
+        if self._model is None:
+            raise Unavailable(f"The catalog in the Qdrant collection '{self._collection}' is not open")
+        return self._model
+
+    @contextmanager
+    def _server_errors(self) -> Iterator[None]:
+        """Turn qdrant-client's transport and server errors into the domain's errors."""
+        try:
+            yield
+        except ResourceExhaustedResponse as error:
+            raise ResourceExhausted(f"Qdrant is rate limiting requests; retry later: {error}") from error
+        except UnexpectedResponse as error:
+            if error.status_code == 404:
+                raise FailedPrecondition(
+                    f"The Qdrant collection '{self._collection}' does not exist; build it with `make index`"
+                ) from error
+            raise Unavailable(
+                f"Qdrant answered HTTP {error.status_code} {error.reason_phrase}: "
+                f"{error.content[:500].decode(errors='replace')}"
+            ) from error
+        except (ResponseHandlingException, httpx.TransportError, grpc.RpcError, OSError) as error:
+            cause = error.source if isinstance(error, ResponseHandlingException) else error
+            raise Unavailable(
+                "Qdrant cannot be reached (check QDRANT_URL and that the server is up): "
+                f"{type(cause).__name__}: {cause}"
+            ) from error
+
+
+def _points(items: Sequence[CatalogItem], dim: int) -> list[models.PointStruct]:
+    """The Qdrant points of catalog items, after checking them."""
+    return [
+        models.PointStruct(id=id_, vector=vector, payload=payload)
+        for id_, vector, payload in checked_items(items, dim)
+    ]
+
+
+def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> models.Filter | None:
+    """The Qdrant filter keeping `categories` (all when empty) and dropping `exclude_ids`."""
+    if not categories and not exclude_ids:
+        return None
+    return models.Filter(
+        must=[models.FieldCondition(key=CATEGORY_FIELD, match=models.MatchAny(any=list(categories)))]
+        if categories
+        else None,
+        must_not=[models.HasIdCondition(has_id=point_ids(exclude_ids))] if exclude_ids else None,
+    )

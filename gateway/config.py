@@ -1,0 +1,72 @@
+"""Gateway configuration: read once from environment variables, then passed down explicitly."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ranker import Weights
+
+from .images import ImageLimits
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting with its default; `from_env` documents the variable that overrides each."""
+
+    grpc_address: str = "[::]:50051"
+    metrics_port: int = 9464
+    triton_url: str | None = None
+    qdrant_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path("data")
+    model_name: str = "product_embedder"
+    model_version: str = ""
+    collection: str = "products"
+    max_message_bytes: int = 16 * MiB
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    default_limit: int = 10
+    max_limit: int = 100
+    oversample: int = 5
+    min_candidates: int = 50
+    history_max_views: int = 50
+    history_ttl_s: int = 30 * 24 * 3600
+    weights: Weights = field(default_factory=Weights)
+    request_timeout_s: float = 5.0
+    embed_timeout_s: float = 3.0
+    search_timeout_s: float = 1.0
+    history_timeout_s: float = 0.25
+    decode_workers: int = 2
+    ingest_batch_size: int = 16
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        """Builds settings from the environment; unset or empty variables keep their defaults."""
+
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
+        defaults = cls()
+        weights = defaults.weights
+        return cls(
+            grpc_address=get("GRPC_ADDRESS") or defaults.grpc_address,
+            metrics_port=int(get("METRICS_PORT") or defaults.metrics_port),
+            triton_url=get("TRITON_URL"),
+            qdrant_url=get("QDRANT_URL"),
+            redis_url=get("REDIS_URL"),
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            model_name=get("MODEL_NAME") or defaults.model_name,
+            model_version=get("MODEL_VERSION") or defaults.model_version,
+            collection=get("QDRANT_COLLECTION") or defaults.collection,
+            history_max_views=int(get("HISTORY_MAX_VIEWS") or defaults.history_max_views),
+            history_ttl_s=int(get("HISTORY_TTL_SECONDS") or defaults.history_ttl_s),
+            weights=Weights(
+                visual=float(get("RANK_WEIGHT_VISUAL") or weights.visual),
+                history=float(get("RANK_WEIGHT_HISTORY") or weights.history),
+                category=float(get("RANK_WEIGHT_CATEGORY") or weights.category),
+                half_life_views=float(get("RANK_HALF_LIFE_VIEWS") or weights.half_life_views),
+            ),
+            request_timeout_s=float(get("REQUEST_TIMEOUT_SECONDS") or defaults.request_timeout_s),
+            decode_workers=int(get("DECODE_WORKERS") or defaults.decode_workers),
+        )

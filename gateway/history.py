@@ -1,0 +1,116 @@
+"""The shopper's recent product views, kept in Redis.
+
+Each user's history is one Redis list at ``{namespace}:history:{sha256(user_id) hex}``, newest view
+first. Keys carry a hash of the user id, never the id itself, so neither keys, the AOF nor errors
+show it (a pseudonym: whoever can guess an id can still check it against the hash). The list is the
+only thing stored per user, so deleting that key forgets the user; deleted entries stay in the
+append-only file until Redis next rewrites it (BGREWRITEAOF).
+
+An entry is ``b"<viewed_at_ms>:<product id as UTF-8>"``. The decimal timestamp holds no colon, so
+splitting at the first colon is unambiguous whatever characters the product id contains.
+"""
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Self
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+
+from gateway.domain import InvalidArgument, Unavailable, View
+
+DEFAULT_MAX_VIEWS = 50
+DEFAULT_TTL_S = 30 * 24 * 3600
+DEFAULT_TIMEOUT_S = 0.5
+
+
+class RedisHistory:
+    """The HistoryStore over Redis: per user a capped list of recent views with a TTL that every
+    new view renews."""
+
+    def __init__(self, client: Redis, *, max_views: int = DEFAULT_MAX_VIEWS,
+                 ttl_s: int = DEFAULT_TTL_S, namespace: str = "recsys") -> None:
+        if max_views < 1 or ttl_s < 1 or not namespace:
+            raise ValueError(f"need max_views >= 1, ttl_s >= 1 and a namespace; got "
+                             f"max_views={max_views}, ttl_s={ttl_s}, namespace={namespace!r}")
+        self.max_views = max_views
+        self.ttl_s = ttl_s
+        self.namespace = namespace
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str, *, max_views: int = DEFAULT_MAX_VIEWS, ttl_s: int = DEFAULT_TTL_S,
+                 namespace: str = "recsys", timeout_s: float = DEFAULT_TIMEOUT_S) -> Self:
+        """A history over the Redis at url (e.g. ``redis://host:6379/0``). Connecting and every
+        command give up after timeout_s, so a dead or hung Redis fails fast; a broken connection
+        is retried once at once, which heals pooled connections after a Redis restart."""
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)))
+        return cls(client, max_views=max_views, ttl_s=ttl_s, namespace=namespace)
+
+    async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None:
+        """Prepends a view, trims to max_views and renews the TTL in one MULTI/EXEC transaction."""
+        key = self._key(user_id)
+        if viewed_at_ms < 0:
+            raise InvalidArgument(f"viewed_at_ms must be >= 0 (milliseconds since the epoch), "
+                                  f"got {viewed_at_ms}")
+        entry = str(viewed_at_ms).encode() + b":" + _utf8("product_id", product_id)
+        with _unavailable_on_redis_error():
+            async with self._redis.pipeline(transaction=True) as transaction:
+                transaction.lpush(key, entry).ltrim(key, 0, self.max_views - 1).expire(key, self.ttl_s)
+                await transaction.execute()
+
+    async def recent(self, user_id: str, limit: int | None = None) -> list[View]:
+        """Up to limit (default and at most max_views) of the user's views, newest first."""
+        if limit is not None and limit < 1:
+            raise InvalidArgument(f"limit must be >= 1, got {limit}")
+        count = self.max_views if limit is None else min(limit, self.max_views)
+        key = self._key(user_id)
+        with _unavailable_on_redis_error():
+            entries: list[bytes] = await self._redis.lrange(key, 0, count - 1)
+        return [_decode_view(entry) for entry in entries]
+
+    async def forget(self, user_id: str) -> None:
+        """Deletes everything stored for the user (their one history key)."""
+        key = self._key(user_id)
+        with _unavailable_on_redis_error():
+            await self._redis.delete(key)
+
+    async def ping(self) -> None:
+        """Raises Unavailable unless Redis answers."""
+        with _unavailable_on_redis_error():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        """Closes the connection pool."""
+        await self._redis.aclose()
+
+    def _key(self, user_id: str) -> str:
+        digest = hashlib.sha256(_utf8("user_id", user_id)).hexdigest()
+        return f"{self.namespace}:history:{digest}"
+
+
+def _utf8(name: str, value: str) -> bytes:
+    """A non-empty id as UTF-8; InvalidArgument otherwise (the value itself is never echoed)."""
+    if not value:
+        raise InvalidArgument(f"{name} must be a non-empty string")
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
+
+
+def _decode_view(entry: bytes) -> View:
+    viewed_at_ms, _, product_id = entry.partition(b":")
+    return View(product_id=product_id.decode(), viewed_at_ms=int(viewed_at_ms))
+
+
+@contextmanager
+def _unavailable_on_redis_error() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise Unavailable(f"history store (Redis) unavailable: {exc or type(exc).__name__}") from exc

@@ -1,0 +1,85 @@
+"""Catalog ingestion: the one code path from product images to stored vectors (CLI and gRPC alike)."""
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .domain import CatalogItem, InvalidArgument
+from .images import ImageLimits, preprocess
+from .metrics import Metrics
+from .ports import CatalogStore, Embedder
+from .validation import check_id
+
+
+@dataclass(frozen=True)
+class NewProduct:
+    """A product to ingest: its image as encoded bytes or as model input (uint8 [224,224,3])."""
+
+    product_id: str
+    category: str
+    image: bytes | np.ndarray
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class IndexReport:
+    """What one call stored, skipped as already present, and rejected (with the reason)."""
+
+    stored: int = 0
+    skipped: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, other: "IndexReport") -> None:
+        self.stored += other.stored
+        self.skipped += other.skipped
+        self.rejected.extend(other.rejected)
+
+
+class Indexer:
+    """Decodes, embeds (through Triton) and upserts batches of products."""
+
+    def __init__(self, embedder: Embedder, catalog: CatalogStore, decode_pool: Executor,
+                 limits: ImageLimits, metrics: Metrics, embed_timeout_s: float = 30.0) -> None:
+        self._embedder = embedder
+        self._catalog = catalog
+        self._decode_pool = decode_pool
+        self._limits = limits
+        self._metrics = metrics
+        self._embed_timeout_s = embed_timeout_s
+
+    async def index(self, products: Sequence[NewProduct], skip_existing: bool = False) -> IndexReport:
+        """Stores one batch; with skip_existing, products already in the catalog are not embedded again."""
+        report = IndexReport()
+        if skip_existing:
+            present = await self._catalog.retrieve([p.product_id for p in products], with_vectors=False)
+            report.skipped = sum(p.product_id in present for p in products)
+            products = [p for p in products if p.product_id not in present]
+        accepted: list[NewProduct] = []
+        pixels: list[np.ndarray] = []
+        decoded = await asyncio.gather(*(self._decode(p) for p in products), return_exceptions=True)
+        for product, result in zip(products, decoded):
+            if isinstance(result, InvalidArgument):
+                report.rejected.append((product.product_id, str(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                accepted.append(product)
+                pixels.append(result)
+        if accepted:
+            vectors = await self._embedder.embed(np.stack(pixels), self._embed_timeout_s)
+            await self._catalog.upsert([CatalogItem(p.product_id, p.category, vector, dict(p.attributes))
+                                        for p, vector in zip(accepted, vectors)])
+            self._metrics.products_ingested.inc(len(accepted))
+            report.stored = len(accepted)
+        return report
+
+    async def _decode(self, product: NewProduct) -> np.ndarray:
+        check_id("product_id", product.product_id)
+        check_id("category", product.category)
+        if isinstance(product.image, np.ndarray):
+            return product.image
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, preprocess, product.image, self._limits)

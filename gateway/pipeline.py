@@ -1,0 +1,218 @@
+"""The recommendation data plane: decode → embed ‖ history → search → re-rank, each stage with a deadline."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TypeVar
+from collections.abc import Awaitable
+
+import numpy as np
+
+from ranker import Candidate, HistoryItem, rerank, history_vector
+
+from .config import Settings
+from .domain import CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, Unavailable, View
+from .images import preprocess
+from .metrics import Metrics
+from .ports import CatalogStore, Embedder, HistoryStore
+from .validation import check_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """What to recommend from: an image, a catalog product, or (neither) the user's history alone."""
+
+    user_id: str = ""
+    image: bytes | None = None
+    product_id: str | None = None
+    limit: int = 0
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """One recommended product with the parts of its score."""
+
+    product_id: str
+    category: str
+    attributes: dict[str, str]
+    score: float
+    visual_score: float
+    history_score: float
+    category_score: float
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    items: list[Recommended]
+    model: str
+    degraded: tuple[str, ...] = field(default=())
+
+
+async def _nothing() -> list[Neighbour]:
+    return []
+
+
+def _merge(query: np.ndarray, visual_hits: list[Neighbour], taste_hits: list[Neighbour]) -> list[Neighbour]:
+    """Candidates from both searches, each scored by its cosine similarity to the query vector."""
+    merged = {hit.item.product_id: hit for hit in visual_hits}
+    for hit in taste_hits:
+        if hit.item.product_id not in merged:
+            merged[hit.item.product_id] = Neighbour(hit.item, float(hit.item.vector @ query))
+    return list(merged.values())
+
+
+class Pipeline:
+    """Serves recommendations and view history over injected embedder, catalog and history stores."""
+
+    def __init__(self, embedder: Embedder, catalog: CatalogStore, history: HistoryStore,
+                 settings: Settings, metrics: Metrics, decode_pool: Executor) -> None:
+        self.embedder = embedder
+        self.catalog = catalog
+        self.history = history
+        self._settings = settings
+        self._metrics = metrics
+        self._decode_pool = decode_pool
+
+    async def recommend(self, query: RecommendQuery, budget_s: float | None = None) -> Recommendations:
+        """Recommendations for a query within budget_s seconds (capped by the configured request timeout)."""
+        limit = self._limit(query.limit)
+        budget = min(budget_s or self._settings.request_timeout_s, self._settings.request_timeout_s)
+        with self._metrics.stage("total"):
+            try:
+                async with asyncio.timeout(budget):
+                    return await self._recommend(query, limit)
+            except TimeoutError:
+                raise DeadlineExceeded(f"recommendation did not finish within its deadline of {budget:.3f} s") from None
+
+    async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
+        history_task = asyncio.create_task(self._views(query.user_id)) if query.user_id else None
+        try:
+            vector, exclude = await self._query_vector(query)
+            views, degraded = await history_task if history_task else ([], ())
+        finally:
+            if history_task and not history_task.done():
+                history_task.cancel()
+        viewed_ids = list(dict.fromkeys(view.product_id for view in views))
+        if self._settings.weights.exclude_viewed:
+            exclude |= set(viewed_ids)
+        pool = max(limit * self._settings.oversample, self._settings.min_candidates)
+        if degraded and vector is None:
+            raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
+        visual_hits, history = await asyncio.gather(
+            self._search(vector, pool, query.categories, exclude) if vector is not None else _nothing(),
+            self._history_items(viewed_ids))
+        taste = history_vector(history, self._settings.weights)
+        if vector is None:
+            if taste is None:
+                raise InvalidArgument("nothing to recommend from: send an image or a product_id, "
+                                      "or a user_id that has recorded views")
+            vector = taste
+        taste_hits = await self._search(taste, pool, query.categories, exclude) if taste is not None else []
+        neighbours = _merge(vector, visual_hits, taste_hits)
+        with self._metrics.stage("rerank"):
+            candidates = [Candidate(n.item.product_id, n.item.category, n.item.vector, n.score) for n in neighbours]
+            ranked = rerank(candidates, history, self._settings.weights, limit)
+        attributes = {n.item.product_id: dict(n.item.attributes) for n in neighbours}
+        items = [Recommended(r.product_id, r.category, attributes[r.product_id], r.score, r.visual_score,
+                             r.history_score, r.category_score) for r in ranked]
+        for stage in degraded:
+            self._metrics.degraded.labels(stage).inc()
+        return Recommendations(items, str(self.embedder.info), degraded)
+
+    def _limit(self, requested: int) -> int:
+        if requested == 0:
+            return self._settings.default_limit
+        if requested > self._settings.max_limit:
+            raise InvalidArgument(f"limit is {requested}; the maximum is {self._settings.max_limit}")
+        return requested
+
+    async def _query_vector(self, query: RecommendQuery) -> tuple[np.ndarray | None, set[str]]:
+        if query.image is not None:
+            return await self.embed_image(query.image), set()
+        if query.product_id is not None:
+            product_id = check_id("product_id", query.product_id)
+            return (await self._product(product_id)).vector, {product_id}
+        return None, set()
+
+    async def embed_image(self, data: bytes) -> np.ndarray:
+        """The embedding of one encoded image: decoded in the pool, embedded by Triton."""
+        with self._metrics.stage("decode"):
+            pixels = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, preprocess, data, self._settings.image_limits)
+        with self._metrics.stage("embed"):
+            return (await self.embedder.embed(pixels[np.newaxis], self._settings.embed_timeout_s))[0]
+
+    async def _product(self, product_id: str) -> CatalogItem:
+        found = await self._within("catalog lookup", self._settings.search_timeout_s,
+                                   self.catalog.retrieve([product_id]))
+        if product_id not in found:
+            raise NotFound(f"product {product_id!r} is not in the catalog")
+        return found[product_id]
+
+    async def _views(self, user_id: str) -> tuple[list[View], tuple[str, ...]]:
+        """The user's recent views, or none and a 'history' degradation if Redis fails or is slow."""
+        check_id("user_id", user_id)
+        with self._metrics.stage("history"):
+            try:
+                async with asyncio.timeout(self._settings.history_timeout_s):
+                    return await self.history.recent(user_id), ()
+            except (Unavailable, TimeoutError) as error:
+                log.warning("history skipped: %s", error or "timed out")
+                return [], ("history",)
+
+    async def _history_items(self, viewed_ids: Sequence[str]) -> list[HistoryItem]:
+        if not viewed_ids:
+            return []
+        found = await self._within("catalog lookup", self._settings.search_timeout_s,
+                                   self.catalog.retrieve(viewed_ids))
+        return [HistoryItem(pid, found[pid].category, found[pid].vector, position)
+                for position, pid in enumerate(viewed_ids) if pid in found]
+
+    async def _search(self, vector: np.ndarray, limit: int, categories: Sequence[str],
+                      exclude: set[str]) -> list[Neighbour]:
+        with self._metrics.stage("search"):
+            return await self._within("catalog search", self._settings.search_timeout_s,
+                                      self.catalog.search(vector, limit, categories, sorted(exclude)))
+
+    @staticmethod
+    async def _within(what: str, timeout_s: float, work: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await work
+        except TimeoutError:
+            raise DeadlineExceeded(f"{what} did not answer within {timeout_s:.3f} s") from None
+
+    async def record_view(self, user_id: str, product_id: str) -> None:
+        """Records a view of a catalog product; unknown products are refused."""
+        check_id("user_id", user_id)
+        await self._product(check_id("product_id", product_id))
+        await self.history.record(user_id, product_id, int(time.time() * 1000))
+
+    async def views(self, user_id: str) -> list[View]:
+        """The user's recent views, newest first."""
+        return await self.history.recent(check_id("user_id", user_id))
+
+    async def forget(self, user_id: str) -> None:
+        """Removes everything stored about the user."""
+        await self.history.forget(check_id("user_id", user_id))
+
+    async def delete_products(self, product_ids: Sequence[str]) -> int:
+        """Deletes products; returns how many existed."""
+        for product_id in product_ids:
+            check_id("product_id", product_id)
+        return await self.catalog.delete(list(product_ids))
+
+    async def ready(self) -> bool:
+        """True when the model is served and both stores answer."""
+        try:
+            await asyncio.gather(self.catalog.ping(), self.history.ping())
+        except Unavailable:
+            return False
+        return await self.embedder.ready()

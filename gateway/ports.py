@@ -1,0 +1,36 @@
+"""The pipeline's view of its three backends; adapters implement these protocols."""
+
+from typing import Protocol
+
+import numpy as np
+
+from .catalog.store import CatalogStore
+from .domain import ModelInfo, View
+
+__all__ = ["CatalogStore", "Embedder", "HistoryStore"]
+
+
+class Embedder(Protocol):
+    """Turns preprocessed images (uint8 [N,224,224,3]) into L2-normalised embeddings (float32 [N,D])."""
+
+    info: ModelInfo
+
+    async def embed(self, images: np.ndarray, timeout_s: float) -> np.ndarray: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class HistoryStore(Protocol):
+    """Each user's recent product views, newest first."""
+
+    async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None: ...
+
+    async def recent(self, user_id: str, limit: int | None = None) -> list[View]: ...
+
+    async def forget(self, user_id: str) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

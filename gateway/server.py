@@ -1,0 +1,126 @@
+"""Assembles the gateway: adapters, pipeline, gRPC server with health and reflection, metrics endpoint."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from .api.recsys.v1 import recsys_pb2 as pb
+from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from .catalog import open_catalog_store
+from .config import Settings
+from .embedder import TritonEmbedder
+from .errors import ErrorMappingInterceptor
+from .history import RedisHistory
+from .indexer import Indexer
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .servicer import CatalogServicer, RecommenderServicer
+
+log = logging.getLogger(__name__)
+SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Recommender", "Catalog"))
+HEALTH_POLL_S = 2.0
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class Gateway:
+    """A running gRPC server and what it serves; `stop()` flips health, drains and closes."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    pipeline: Pipeline
+    indexer: Indexer
+    _monitor: asyncio.Task[None]
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        await self.health.enter_graceful_shutdown()
+        self._monitor.cancel()
+        await self.server.stop(grace_s)
+
+
+@contextlib.asynccontextmanager
+async def open_pipeline(settings: Settings, metrics: Metrics, recreate_catalog: bool = False
+                        ) -> AsyncIterator[tuple[Pipeline, Indexer]]:
+    """Connects to Triton, the catalog and the history store, and closes them on exit.
+
+    With recreate_catalog the catalog collection is dropped first and built anew with the served model.
+    """
+    if not settings.triton_url or not settings.redis_url:
+        raise ValueError("TRITON_URL and REDIS_URL are required here (`make run` starts local servers)")
+    decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+    embedder = await TritonEmbedder.connect(settings.triton_url, settings.model_name, settings.model_version,
+                                            max_message_bytes=settings.max_message_bytes)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(decode_pool.shutdown)
+        stack.push_async_callback(embedder.close)
+        catalog = open_catalog_store(settings.qdrant_url, settings.data_dir, settings.collection,
+                                     timeout_s=settings.search_timeout_s)
+        stack.push_async_callback(catalog.close)
+        if recreate_catalog:
+            await catalog.drop()
+        await catalog.open(embedder.info)
+        history = RedisHistory.from_url(settings.redis_url, max_views=settings.history_max_views,
+                                        ttl_s=settings.history_ttl_s, timeout_s=settings.history_timeout_s)
+        stack.push_async_callback(history.close)
+        pipeline = Pipeline(embedder, catalog, history, settings, metrics, decode_pool)
+        indexer = Indexer(embedder, catalog, decode_pool, settings.image_limits, metrics)
+        metrics.catalog_products.set(await catalog.count())
+        yield pipeline, indexer
+
+
+async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings, metrics: Metrics,
+                        address: str | None = None) -> Gateway:
+    """Starts the gRPC server on address (default: settings.grpc_address; port 0 picks a free one)."""
+    options = [("grpc.max_receive_message_length", settings.max_message_bytes),
+               ("grpc.max_send_message_length", settings.max_message_bytes)]
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(metrics, SERVICES)], options=options)
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(pipeline), server)
+    pb_grpc.add_CatalogServicer_to_server(CatalogServicer(pipeline, indexer, settings.ingest_batch_size), server)
+    health_servicer = health.aio.HealthServicer()
+    for service in ("", *SERVICES):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address or settings.grpc_address)
+    await server.start()
+    monitor = asyncio.create_task(_watch_health(pipeline, health_servicer))
+    log.info("gateway listening on port %d, serving model %s", port, pipeline.embedder.info)
+    return Gateway(server, port, health_servicer, pipeline, indexer, monitor)
+
+
+async def _watch_health(pipeline: Pipeline, health_servicer: health.aio.HealthServicer) -> None:
+    """Keeps the health status in step with the backends: NOT_SERVING until all of them answer."""
+    while True:
+        ready = await pipeline.ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", *SERVICES):
+            await health_servicer.set(service, status)
+        await asyncio.sleep(HEALTH_POLL_S)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs the gateway until SIGINT/SIGTERM, then flips health to NOT_SERVING and drains."""
+    metrics = Metrics(CollectorRegistry())
+    metrics_server, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with open_pipeline(settings, metrics) as (pipeline, indexer):
+            gateway = await start_gateway(pipeline, indexer, settings, metrics)
+            await stop.wait()
+            log.info("shutting down: health NOT_SERVING, draining for up to %.0f s", SHUTDOWN_GRACE_S)
+            await gateway.stop()
+    finally:
+        metrics_server.shutdown()

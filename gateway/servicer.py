@@ -1,0 +1,91 @@
+"""gRPC servicers: protobuf ↔ domain conversion only; the work is done by the injected pipeline."""
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from .api.recsys.v1 import recsys_pb2 as pb
+from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from .domain import InvalidArgument
+from .indexer import IndexReport, Indexer, NewProduct
+from .pipeline import Pipeline, RecommendQuery
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    """recsys.v1.Recommender over a Pipeline."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.RecommendResponse:
+        which = request.WhichOneof("query")
+        query = RecommendQuery(
+            user_id=request.user_id,
+            image=request.image if which == "image" else None,
+            product_id=request.product_id if which == "product_id" else None,
+            limit=request.limit,
+            categories=tuple(request.filter.categories),
+        )
+        result = await self._pipeline.recommend(query, context.time_remaining())
+        return pb.RecommendResponse(
+            items=[pb.Recommendation(product_id=item.product_id, category=item.category, score=item.score,
+                                     visual_score=item.visual_score, history_score=item.history_score,
+                                     category_score=item.category_score, attributes=item.attributes)
+                   for item in result.items],
+            model=result.model,
+            degraded=list(result.degraded),
+        )
+
+    async def RecordView(self, request: pb.RecordViewRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.RecordViewResponse:
+        await self._pipeline.record_view(request.user_id, request.product_id)
+        return pb.RecordViewResponse()
+
+    async def GetHistory(self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.GetHistoryResponse:
+        views = await self._pipeline.views(request.user_id)
+        return pb.GetHistoryResponse(
+            views=[pb.View(product_id=v.product_id, viewed_at_ms=v.viewed_at_ms) for v in views])
+
+    async def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ForgetUserResponse:
+        await self._pipeline.forget(request.user_id)
+        return pb.ForgetUserResponse()
+
+
+class CatalogServicer(pb_grpc.CatalogServicer):
+    """recsys.v1.Catalog over the same Indexer the bulk CLI uses."""
+
+    def __init__(self, pipeline: Pipeline, indexer: Indexer, batch_size: int) -> None:
+        self._pipeline = pipeline
+        self._indexer = indexer
+        self._batch_size = batch_size
+
+    async def UpsertProducts(self, request_iterator: AsyncIterator[pb.Product],
+                             context: grpc.aio.ServicerContext) -> pb.UpsertProductsResponse:
+        report = IndexReport()
+        batch: list[NewProduct] = []
+        async for product in request_iterator:
+            batch.append(NewProduct(product.product_id, product.category, product.image, dict(product.attributes)))
+            if len(batch) == self._batch_size:
+                report.add(await self._store(batch, report))
+                batch = []
+        if batch:
+            report.add(await self._store(batch, report))
+        return pb.UpsertProductsResponse(upserted=report.stored)
+
+    async def _store(self, batch: list[NewProduct], so_far: IndexReport) -> IndexReport:
+        if not all(p.image for p in batch):
+            missing = next(p.product_id for p in batch if not p.image)
+            raise InvalidArgument(f"product {missing!r} has no image")
+        report = await self._indexer.index(batch)
+        if report.rejected:
+            product_id, reason = report.rejected[0]
+            raise InvalidArgument(f"product {product_id!r}: {reason}; the upsert stopped there "
+                                  f"after storing {so_far.stored + report.stored} valid products")
+        return report
+
+    async def DeleteProducts(self, request: pb.DeleteProductsRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.DeleteProductsResponse:
+        return pb.DeleteProductsResponse(deleted=await self._pipeline.delete_products(list(request.product_ids)))

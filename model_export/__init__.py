@@ -1,0 +1,1 @@
+"""Export of the TorchScript image-embedding model and its Triton config (build time only, never served)."""

@@ -1,0 +1,108 @@
+"""EfficientNet-Lite0 with the parameter names of the published lukemelas-style ImageNet checkpoint.
+
+Lite differs from EfficientNet-B0 by ReLU6 instead of swish and no squeeze-excitation. Convolutions use
+TensorFlow "SAME" padding, computed once for the fixed input size (asymmetric for stride 2).
+"""
+
+import math
+from typing import Final
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-3
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+IMAGENET_CLASSES = 1000
+# (repeats, kernel, stride, expand ratio, input channels, output channels) of the seven stages.
+STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) along one axis of length ``size``."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Bias-free Conv2d with TensorFlow "SAME" padding for a square input of the given size."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, size: int, stride: int = 1,
+                 groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=False)
+        before, after = same_padding(size, kernel, stride)
+        self.same_pad = nn.ZeroPad2d((before, after, before, after))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.same_pad(input), self.weight, self.bias)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with TensorFlow's epsilon, as the checkpoint was trained with."""
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: optional 1x1 expansion, depthwise conv, 1x1 projection, identity skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int,
+                 size: int) -> None:
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        expand = expand_ratio != 1
+        self._expand_conv = SameConv2d(in_channels, hidden, 1, size) if expand else None
+        self._bn0 = batch_norm(hidden) if expand else None
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, size, stride=stride, groups=hidden)
+        self._bn1 = batch_norm(hidden)
+        self._project_conv = SameConv2d(hidden, out_channels, 1, math.ceil(size / stride))
+        self._bn2 = batch_norm(out_channels)
+        self.skip: Final[bool] = stride == 1 and in_channels == out_channels
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs
+        if self._expand_conv is not None and self._bn0 is not None:
+            x = F.relu6(self._bn0(self._expand_conv(x)))
+        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        return x + inputs if self.skip else x
+
+
+class EfficientNetLite0(nn.Module):
+    """Normalised NCHW images -> the head's feature map [N, 1280, size/32, size/32] after BN and ReLU6.
+
+    ``_fc`` is the ImageNet classifier; the embedding does not use it, it is kept so the published
+    checkpoint loads with ``strict=True``.
+    """
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__()
+        size = image_size
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, size, stride=2)
+        self._bn0 = batch_norm(STEM_CHANNELS)
+        size = math.ceil(size / 2)
+        blocks: list[MBConvBlock] = []
+        for repeats, kernel, stride, expand_ratio, in_channels, out_channels in STAGES:
+            for index in range(repeats):
+                block_stride = stride if index == 0 else 1
+                block_in = in_channels if index == 0 else out_channels
+                blocks.append(MBConvBlock(block_in, out_channels, kernel, block_stride, expand_ratio, size))
+                size = math.ceil(size / block_stride)
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(STAGES[-1][-1], HEAD_CHANNELS, 1, size)
+        self._bn1 = batch_norm(HEAD_CHANNELS)
+        self._fc = nn.Linear(HEAD_CHANNELS, IMAGENET_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(images)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))

@@ -1,0 +1,209 @@
+"""History-aware re-ranking of visually similar candidates: a pure, deterministic function.
+
+Each candidate gets three score parts:
+
+- ``visual_score``: its similarity to the query, as given by the caller (the vector search);
+- ``history_score``: the recency-weighted mean cosine similarity between its vector and the vectors of
+  the shopper's recent views (-1..1);
+- ``category_score``: the recency-weighted share of recent views in its category (0..1);
+
+and ``score = visual * visual_score + history * history_score + category * category_score`` with the
+weights of :class:`Weights`. The view at position ``p`` (0 = most recent) has the recency weight
+``0.5 ** (p / half_life_views)``; the weights of a history are normalised to sum 1. With an empty history
+both history parts are 0, so the order is the visual order.
+"""
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Below this length the recency-weighted mean of unit vectors is rounding noise: the views cancel out.
+_MIN_MEAN_LENGTH = 1e-9
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A product to rank: its id, category, embedding and similarity to the query."""
+
+    product_id: str
+    category: str
+    vector: np.ndarray
+    visual_score: float
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """A product the shopper viewed; ``position`` 0 is the most recent view, 1 the one before, and so on."""
+
+    product_id: str
+    category: str
+    vector: np.ndarray
+    position: int
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How much each score part counts, and how fast the influence of a view fades.
+
+    Attributes:
+        visual: weight of the similarity to the query (default 1.0). The photo the shopper asked about is
+            the main signal; the other weights are relative to this one.
+        history: weight of the similarity to recent views (default 0.5). Half the visual weight lets a
+            coherent history reorder candidates of similar visual score without burying a clearly better
+            visual match.
+        category: weight of the share of recent views in the candidate's category (default 0.25). A
+            history all in one category adds at most 0.25: enough to lift that category over slightly
+            closer matches from elsewhere, not enough to hide a strong match in another category.
+        half_life_views: number of views after which a view counts half as much (default 5.0). The view
+            5 back weighs 1/2 of the latest one and the view 20 back 1/16, so the last few views of a
+            session dominate while an older interest still shows.
+        exclude_viewed: leave out candidates the shopper has already viewed (default True): showing the
+            product just seen wastes a slot.
+    """
+
+    visual: float = 1.0
+    history: float = 0.5
+    category: float = 0.25
+    half_life_views: float = 5.0
+    exclude_viewed: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("visual", "history", "category"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"weight {name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.half_life_views) and self.half_life_views > 0):
+            raise ValueError(f"half_life_views must be a finite number > 0, got {self.half_life_views!r}")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A ranked product with its total score and the parts it is made of (before weighting)."""
+
+    product_id: str
+    category: str
+    score: float
+    visual_score: float
+    history_score: float
+    category_score: float
+
+
+def rerank(candidates: Sequence[Candidate], history: Sequence[HistoryItem], weights: Weights = Weights(),
+           limit: int | None = None) -> list[Ranked]:
+    """Candidates ordered by score desc, then visual score desc, then product id asc; at most ``limit``.
+
+    Raises ValueError for a negative limit, duplicate candidate ids, a non-finite visual score, a negative
+    history position, or vectors that are not 1-D, finite and all of the same length.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    _validate(candidates, history)
+    viewed = {item.product_id for item in history} if weights.exclude_viewed else set()
+    kept = [c for c in candidates if c.product_id not in viewed]
+    history_scores, category_scores = _history_parts(kept, history, weights)
+    ranked = [
+        Ranked(product_id=c.product_id, category=c.category,
+               score=weights.visual * float(c.visual_score) + weights.history * history_score
+               + weights.category * category_score,
+               visual_score=float(c.visual_score), history_score=history_score, category_score=category_score)
+        for c, history_score, category_score in zip(kept, history_scores, category_scores, strict=True)
+    ]
+    ranked.sort(key=lambda r: (-r.score, -r.visual_score, r.product_id))
+    return ranked if limit is None else ranked[:limit]
+
+
+def history_vector(history: Sequence[HistoryItem], weights: Weights = Weights()) -> np.ndarray | None:
+    """Recency-weighted mean of the (L2-normalised) history vectors, L2-normalised.
+
+    None for an empty history, or when the vectors cancel out; it serves as the query of history-only
+    recommendations. Raises ValueError on the same history problems as :func:`rerank`.
+    """
+    _validate([], history)
+    if not history:
+        return None
+    mean = _mean_history_direction(history, _recency_weights(history, weights))
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > _MIN_MEAN_LENGTH else None
+
+
+def _history_parts(candidates: Sequence[Candidate], history: Sequence[HistoryItem],
+                   weights: Weights) -> tuple[list[float], list[float]]:
+    """Per candidate: recency-weighted mean cosine similarity to the history, and category share.
+
+    The mean of the cosine similarities is the dot product of the candidate vector with the mean history
+    direction, divided by the candidate's length. Sums run row by row (einsum, not BLAS) so that a
+    candidate's score does not depend, even in the last bit, on where it sits in the batch.
+    """
+    if not candidates or not history:
+        return [0.0] * len(candidates), [0.0] * len(candidates)
+    recency = _recency_weights(history, weights)
+    mean = _mean_history_direction(history, recency)
+    matrix, lengths = _rows_and_lengths([c.vector for c in candidates])
+    history_scores = _divide_by_length(np.einsum("ij,j->i", matrix, mean), lengths)
+    category_share: dict[str, float] = {}
+    for item, weight in zip(history, recency, strict=True):
+        category_share[item.category] = category_share.get(item.category, 0.0) + float(weight)
+    return [float(s) for s in history_scores], [category_share.get(c.category, 0.0) for c in candidates]
+
+
+def _mean_history_direction(history: Sequence[HistoryItem], recency: np.ndarray) -> np.ndarray:
+    """Recency-weighted mean of the unit history vectors (not normalised)."""
+    matrix, lengths = _rows_and_lengths([item.vector for item in history])
+    return recency @ _divide_by_length(matrix, lengths[:, np.newaxis])
+
+
+def _recency_weights(history: Sequence[HistoryItem], weights: Weights) -> np.ndarray:
+    """``0.5 ** (position / half_life_views)`` per view, normalised to sum 1.
+
+    Positions are counted from the most recent view given, which leaves the normalised weights unchanged
+    and keeps the largest weight at 1 however old the history is.
+    """
+    positions = np.array([item.position for item in history], dtype=np.float64)
+    recency = np.exp2(-(positions - positions.min()) / weights.half_life_views)
+    return recency / recency.sum()
+
+
+def _rows_and_lengths(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors as the float64 rows of a matrix, and their L2 lengths."""
+    matrix = np.array(vectors, dtype=np.float64)
+    return matrix, np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+
+
+def _divide_by_length(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``values / lengths``, and 0 where a length is 0: a zero vector has no direction."""
+    return np.divide(values, lengths, out=np.zeros_like(values), where=lengths > 0)
+
+
+def _validate(candidates: Sequence[Candidate], history: Sequence[HistoryItem]) -> None:
+    """Unique candidate ids, finite visual scores, non-negative positions, consistent vectors."""
+    repeated = sorted(product_id for product_id, count in Counter(c.product_id for c in candidates).items()
+                      if count > 1)
+    if repeated:
+        raise ValueError(f"candidate product ids must be unique, repeated: {', '.join(repeated)}")
+    for c in candidates:
+        if not math.isfinite(c.visual_score):
+            raise ValueError(f"candidate {c.product_id}: visual_score must be finite, got {c.visual_score!r}")
+    for item in history:
+        if item.position < 0:
+            raise ValueError(f"history item {item.product_id}: position must be >= 0, got {item.position}")
+    _check_vectors([(f"candidate {c.product_id}", c.vector) for c in candidates]
+                   + [(f"history item {item.product_id}", item.vector) for item in history])
+
+
+def _check_vectors(named_vectors: Sequence[tuple[str, np.ndarray]]) -> None:
+    """All vectors 1-D, non-empty, of the length of the first one, and finite."""
+    if not named_vectors:
+        return
+    dim = np.size(named_vectors[0][1])
+    for name, vector in named_vectors:
+        shape = np.shape(vector)
+        if len(shape) != 1 or shape[0] == 0:
+            raise ValueError(f"{name}: vector must be 1-D and non-empty, got shape {shape}")
+        if shape[0] != dim:
+            raise ValueError(f"{name}: vector has {shape[0]} dimensions, expected {dim}")
+    finite = np.isfinite(np.array([vector for _, vector in named_vectors])).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{named_vectors[int(np.argmin(finite))][0]}: vector has non-finite values")

@@ -1,0 +1,366 @@
+"""Congruence tests: the same assertions against the embedded engine and qdrant-client (local mode)."""
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import AsyncQdrantClient, models
+
+from gateway.catalog import CatalogStore, EdgeCatalog, QdrantClientCatalog, open_catalog_store
+from gateway.catalog.edge import MODEL_FILE
+from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, ModelInfo, Unavailable
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+
+DIM = 64
+MODEL = ModelInfo(name="product_embedder", version="1", backbone="efficientnet_lite0", dim=DIM)
+CATEGORIES = ("bags", "boots", "coats", "dresses", "sandals", "shirts")
+
+
+def clustered_items(count: int, seed: int = 0) -> list[CatalogItem]:
+    """Unit vectors around one centre per category, like embeddings of product photos."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(CATEGORIES), DIM))
+    items = []
+    for index in range(count):
+        cluster = index % len(CATEGORIES)
+        vector = centres[cluster] + 0.6 * rng.normal(size=DIM)
+        items.append(
+            CatalogItem(
+                product_id=f"sku-{index:05d}",
+                category=CATEGORIES[cluster],
+                vector=(vector / np.linalg.norm(vector)).astype(np.float32),
+                attributes={"colour": ("black", "red", "blue")[index % 3], "size": str(36 + index % 8)},
+            )
+        )
+    return items
+
+
+ITEMS = clustered_items(240)
+QUERIES = [
+    item.vector + 0.3 * np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    for seed, item in enumerate(ITEMS[:6])
+]
+
+FILTERS = [((), ()), (("boots", "coats"), ()), ((), ("sku-00000", "sku-00006"))]
+
+
+def exact_ranking(
+    items: Sequence[CatalogItem],
+    query: np.ndarray,
+    limit: int,
+    categories: Sequence[str] = (),
+    exclude_ids: Sequence[str] = (),
+) -> list[tuple[str, float]]:
+    """(product id, cosine similarity) of the best `limit` items, by brute force."""
+    kept = [item for item in items if (not categories or item.category in categories)]
+    kept = [item for item in kept if item.product_id not in exclude_ids]
+    vectors = np.stack([item.vector / np.linalg.norm(item.vector) for item in kept])
+    scores = vectors @ (query / np.linalg.norm(query))
+    order = np.argsort(-scores)[:limit]
+    return [(kept[i].product_id, float(scores[i])) for i in order]
+
+
+async def ranking(
+    store: CatalogStore,
+    query: np.ndarray,
+    limit: int,
+    categories: Sequence[str] = (),
+    exclude_ids: Sequence[str] = (),
+) -> list[tuple[str, float]]:
+    hits = await store.search(query, limit, categories=categories, exclude_ids=exclude_ids)
+    return [(hit.item.product_id, hit.score) for hit in hits]
+
+
+def assert_same_ranking(actual: list[tuple[str, float]], expected: list[tuple[str, float]]) -> None:
+    assert [product_id for product_id, _ in actual] == [product_id for product_id, _ in expected]
+    np.testing.assert_allclose([s for _, s in actual], [s for _, s in expected], atol=1e-5)
+
+
+def new_store(backend: str, path: Path) -> CatalogStore:
+    """A store of `backend` keeping its data under `path` (client: qdrant-client's local mode)."""
+    if backend == "edge":
+        return EdgeCatalog(path)
+    return QdrantClientCatalog(AsyncQdrantClient(path=str(path / "local")))
+
+
+async def opened(store: CatalogStore, items: Sequence[CatalogItem] = ITEMS) -> CatalogStore:
+    await store.open(MODEL)
+    await store.upsert(items)
+    return store
+
+
+def fast_store(backend: str, path: Path) -> CatalogStore:
+    """A store of `backend`; the client one in memory, where qdrant-client's local mode is much faster."""
+    if backend == "edge":
+        return EdgeCatalog(path)
+    return QdrantClientCatalog(AsyncQdrantClient(location=":memory:"))
+
+
+@pytest.fixture(scope="module", params=["edge", "client"])
+async def loaded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[CatalogStore]:
+    """Each backend with ITEMS in it, shared by the tests that do not write."""
+    catalog = await opened(fast_store(request.param, tmp_path_factory.mktemp(request.param)))
+    yield catalog
+    await catalog.close()
+
+
+@pytest.fixture(params=["edge", "client"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CatalogStore]:
+    """Each backend with ITEMS in it, for one test that writes."""
+    catalog = await opened(fast_store(request.param, tmp_path))
+    yield catalog
+    await catalog.close()
+
+
+async def test_search_ranks_by_cosine_similarity_with_items_and_unit_vectors(loaded: CatalogStore) -> None:
+    by_id = {item.product_id: item for item in ITEMS}
+    for query in QUERIES:
+        hits = await loaded.search(query, 10)
+        found = [(hit.item.product_id, hit.score) for hit in hits]
+        assert_same_ranking(found, exact_ranking(ITEMS, query, 10))
+        for hit in hits:
+            stored = by_id[hit.item.product_id]
+            assert hit.item.category == stored.category
+            assert hit.item.attributes == stored.attributes
+            np.testing.assert_allclose(hit.item.vector, stored.vector, atol=1e-6)
+
+
+async def test_backends_return_the_same_neighbours(tmp_path: Path) -> None:
+    edge = await opened(EdgeCatalog(tmp_path))
+    client = await opened(QdrantClientCatalog(AsyncQdrantClient(location=":memory:")))
+    try:
+        for query in QUERIES:
+            for categories, exclude_ids in FILTERS:
+                assert_same_ranking(
+                    await ranking(edge, query, 15, categories, exclude_ids),
+                    await ranking(client, query, 15, categories, exclude_ids),
+                )
+    finally:
+        await edge.close()
+        await client.close()
+
+
+async def test_upsert_is_idempotent_and_the_latest_write_wins(store: CatalogStore) -> None:
+    await store.upsert(ITEMS[:10])
+    moved = replace(ITEMS[0], category="coats", vector=ITEMS[1].vector, attributes={"colour": "green"})
+    await store.upsert([moved])
+    assert await store.count() == len(ITEMS)
+    stored = (await store.retrieve([moved.product_id]))[moved.product_id]
+    assert (stored.category, dict(stored.attributes)) == ("coats", {"colour": "green"})
+    np.testing.assert_allclose(stored.vector, ITEMS[1].vector, atol=1e-6)
+
+
+async def test_category_filter_keeps_only_those_categories(loaded: CatalogStore) -> None:
+    categories = ("boots", "sandals")
+    hits = await loaded.search(QUERIES[0], 20, categories=categories)
+    assert {hit.item.category for hit in hits} == set(categories)
+    expected = exact_ranking(ITEMS, QUERIES[0], 20, categories=categories)
+    assert_same_ranking([(hit.item.product_id, hit.score) for hit in hits], expected)
+
+
+async def test_excluded_products_are_never_returned(loaded: CatalogStore) -> None:
+    nearest = [product_id for product_id, _ in await ranking(loaded, QUERIES[2], 5)]
+    remaining = await ranking(loaded, QUERIES[2], 5, exclude_ids=nearest[:3])
+    assert not set(nearest[:3]) & {product_id for product_id, _ in remaining}
+    assert_same_ranking(remaining, exact_ranking(ITEMS, QUERIES[2], 5, exclude_ids=nearest[:3]))
+
+
+async def test_delete_counts_existing_products_and_removes_them(store: CatalogStore) -> None:
+    nearest = [product_id for product_id, _ in await ranking(store, QUERIES[3], 3)]
+    assert await store.delete([*nearest, nearest[0], "sku-never-added"]) == 3
+    assert await store.count() == len(ITEMS) - 3
+    assert not set(nearest) & {product_id for product_id, _ in await ranking(store, QUERIES[3], 20)}
+    assert await store.retrieve(nearest) == {}
+    assert await store.delete(nearest) == 0
+
+
+async def test_retrieve_returns_stored_items_and_omits_missing_ones(loaded: CatalogStore) -> None:
+    wanted = [ITEMS[5].product_id, ITEMS[7].product_id, "sku-never-added"]
+    found = await loaded.retrieve(wanted)
+    assert sorted(found) == wanted[:2]
+    for item in (ITEMS[5], ITEMS[7]):
+        assert (found[item.product_id].category, dict(found[item.product_id].attributes)) == (
+            item.category,
+            dict(item.attributes),
+        )
+        np.testing.assert_allclose(found[item.product_id].vector, item.vector, atol=1e-6)
+    without_vectors = await loaded.retrieve(wanted, with_vectors=False)
+    assert sorted(without_vectors) == wanted[:2]
+    assert all(item.vector.size == 0 for item in without_vectors.values())
+
+
+INVALID_CALLS: dict[str, Callable[[CatalogStore], Awaitable[object]]] = {
+    "query of another dimension": lambda store: store.search(np.ones(DIM + 1, dtype=np.float32), 5),
+    "zero query": lambda store: store.search(np.zeros(DIM, dtype=np.float32), 5),
+    "NaN in query": lambda store: store.search(np.full(DIM, np.nan, dtype=np.float32), 5),
+    "limit 0": lambda store: store.search(ITEMS[0].vector, 0),
+    "item of another dimension": lambda store: store.upsert([replace(ITEMS[0], vector=np.ones(DIM // 2))]),
+    "empty product id": lambda store: store.upsert([replace(ITEMS[0], product_id="")]),
+}
+
+
+@pytest.mark.parametrize("call", INVALID_CALLS.values(), ids=INVALID_CALLS.keys())
+async def test_invalid_input_is_rejected_and_changes_nothing(
+    loaded: CatalogStore, call: Callable[[CatalogStore], Awaitable[object]]
+) -> None:
+    with pytest.raises(InvalidArgument):
+        await call(loaded)
+    assert await loaded.count() == len(ITEMS)
+    assert (await loaded.retrieve([ITEMS[0].product_id]))[ITEMS[0].product_id].category == ITEMS[0].category
+
+
+@pytest.mark.parametrize("backend", ["edge", "client"])
+async def test_reopening_keeps_points_and_the_recorded_model(backend: str, tmp_path: Path) -> None:
+    first = await opened(new_store(backend, tmp_path), ITEMS[:60])
+    before = await ranking(first, QUERIES[0], 10)
+    await first.close()
+    second = new_store(backend, tmp_path)
+    await second.open(MODEL)
+    try:
+        assert await second.count() == 60
+        assert_same_ranking(await ranking(second, QUERIES[0], 10), before)
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "client"])
+@pytest.mark.parametrize(
+    "other_model",
+    [replace(MODEL, version="2"), replace(MODEL, backbone="resnet50", dim=2048)],
+    ids=["other version", "other backbone"],
+)
+async def test_a_catalog_built_with_another_model_is_refused(
+    backend: str, other_model: ModelInfo, tmp_path: Path
+) -> None:
+    await (await opened(new_store(backend, tmp_path), ITEMS[:5])).close()
+    refused = new_store(backend, tmp_path)
+    with pytest.raises(FailedPrecondition) as raised:
+        await refused.open(other_model)
+    await refused.close()
+    message = str(raised.value)
+    assert str(MODEL) in message and str(other_model) in message
+    assert "make index RECREATE=1" in message
+
+
+async def test_edge_shard_without_model_record_is_refused(tmp_path: Path) -> None:
+    await (await opened(EdgeCatalog(tmp_path), ITEMS[:5])).close()
+    (tmp_path / "products" / MODEL_FILE).unlink()
+    refused = EdgeCatalog(tmp_path)
+    with pytest.raises(FailedPrecondition, match="unknown embedding model"):
+        await refused.open(MODEL)
+    await refused.close()
+
+
+async def test_client_collection_without_model_record_is_refused() -> None:
+    client = AsyncQdrantClient(location=":memory:")
+    await client.create_collection("products", models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+    catalog = QdrantClientCatalog(client)
+    with pytest.raises(FailedPrecondition, match="unknown embedding model"):
+        await catalog.open(MODEL)
+    await catalog.close()
+
+
+async def test_edge_search_above_the_exact_threshold_uses_hnsw_and_finds_the_nearest(tmp_path: Path) -> None:
+    items = clustered_items(1500, seed=1)
+    catalog = EdgeCatalog(tmp_path, exact_search_max_points=300)
+    await catalog.open(MODEL)
+    try:
+        await catalog.upsert(items)
+        assert await catalog.optimize()  # the HNSW index is built
+        found = total = 0
+        for index, item in enumerate(items[:20]):
+            query = item.vector + 0.3 * np.random.default_rng(index).normal(size=DIM).astype(np.float32)
+            categories = (item.category,) if index % 2 else ()
+            expected = {product_id for product_id, _ in exact_ranking(items, query, 10, categories)}
+            hits = await catalog.search(query, 10, categories=categories)
+            found += len(expected & {hit.item.product_id for hit in hits})
+            total += len(expected)
+        assert found / total >= 0.95
+    finally:
+        await catalog.close()
+
+
+async def test_edge_optimize_builds_no_index_below_the_exact_threshold(tmp_path: Path) -> None:
+    catalog = await opened(EdgeCatalog(tmp_path, exact_search_max_points=2 * len(ITEMS)))
+    try:
+        assert not await catalog.optimize()
+    finally:
+        await catalog.close()
+
+
+async def test_edge_ping_answers_while_open_only(tmp_path: Path) -> None:
+    catalog = EdgeCatalog(tmp_path)
+    with pytest.raises(Unavailable, match="not open"):
+        await catalog.ping()
+    await catalog.open(MODEL)
+    await catalog.ping()
+    await catalog.close()
+    with pytest.raises(Unavailable, match="closed"):
+        await catalog.ping()
+
+
+async def test_an_edge_shard_opens_in_one_store_at_a_time(tmp_path: Path) -> None:
+    first = await opened(EdgeCatalog(tmp_path), ITEMS[:3])
+    second = EdgeCatalog(tmp_path)
+    try:
+        with pytest.raises(Unavailable, match="one process at a time"):
+            await second.open(MODEL)
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_factory_without_url_keeps_the_catalog_under_the_data_directory(tmp_path: Path) -> None:
+    catalog = open_catalog_store(None, tmp_path, "catalog", timeout_s=1.0)
+    await opened(catalog, ITEMS[:3])
+    await catalog.close()
+    assert (tmp_path / "qdrant" / "catalog" / MODEL_FILE).is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
+async def test_a_refused_qdrant_url_is_unavailable_at_once(tmp_path: Path) -> None:
+    catalog = open_catalog_store(f"http://127.0.0.1:{free_port()}", tmp_path, "products", timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="QDRANT_URL"):
+        await catalog.ping()
+    with pytest.raises(Unavailable, match="QDRANT_URL"):
+        await catalog.open(MODEL)
+    assert time.monotonic() - started < 2.0
+    await catalog.close()
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
+async def test_a_qdrant_url_that_never_answers_times_out_as_unavailable(tmp_path: Path) -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    catalog = open_catalog_store(f"http://127.0.0.1:{port}", tmp_path, "products", timeout_s=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unavailable, match="Timeout"):
+            await catalog.ping()
+        assert time.monotonic() - started < 3.0
+    finally:
+        await catalog.close()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()

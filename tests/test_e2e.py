@@ -1,0 +1,260 @@
+"""End to end over a real gRPC server: real tritonserver, real redis-server, embedded Qdrant engine."""
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from gateway.api.recsys.v1 import recsys_pb2 as pb
+from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from gateway.catalog import open_catalog_store
+from gateway.config import Settings
+from gateway.domain import FailedPrecondition, ModelInfo
+from gateway.fashion_mnist import load_split
+from gateway.metrics import Metrics
+from gateway.server import Gateway, open_pipeline, start_gateway
+from stack.run import index_demo_catalog
+
+CATALOG_SIZE = 2000
+QUERIES = 100
+pytestmark = pytest.mark.slow
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return load_split("test")
+
+
+@pytest.fixture(scope="module")
+def catalog_ids_by_category():
+    train = load_split("train")
+    ids: dict[str, list[str]] = {}
+    for index in range(CATALOG_SIZE):
+        ids.setdefault(train.category(index), []).append(train.product_id(index))
+    return ids
+
+
+@pytest.fixture(scope="module")
+async def stack(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[tuple[Gateway, Metrics, Settings]]:
+    settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url,
+                        data_dir=tmp_path_factory.mktemp("data"))
+    metrics = Metrics(CollectorRegistry())
+    async with open_pipeline(settings, metrics) as (pipeline, indexer):
+        await index_demo_catalog(indexer, CATALOG_SIZE, batch_size=16)
+        gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
+        yield gateway, metrics, settings
+        await gateway.stop(grace_s=1)
+
+
+@pytest.fixture(scope="module")
+async def channel(stack) -> AsyncIterator[grpc.aio.Channel]:
+    gateway, _, _ = stack
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def recommender(channel) -> pb_grpc.RecommenderStub:
+    return pb_grpc.RecommenderStub(channel)
+
+
+async def recommend(stub: pb_grpc.RecommenderStub, **fields) -> pb.RecommendResponse:
+    return await stub.Recommend(pb.RecommendRequest(**fields), timeout=10)
+
+
+async def test_image_query_returns_limit_items_from_the_catalog_best_first(recommender, test_split):
+    response = await recommend(recommender, image=png(test_split.images[0]), limit=7)
+    assert len(response.items) == 7
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True)
+    for item in response.items:
+        assert item.product_id.startswith("fmnist-train-") and int(item.product_id[-6:]) < CATALOG_SIZE
+    assert response.model.startswith("product_embedder/1 (efficientnet_lite0")
+    assert list(response.degraded) == []
+
+
+async def test_precision_at_10_on_held_out_test_images(recommender, test_split):
+    hits = []
+    for index in range(QUERIES):
+        response = await recommend(recommender, image=png(test_split.images[index]), limit=10)
+        hits.append(np.mean([item.category == test_split.category(index) for item in response.items]))
+    precision = float(np.mean(hits))
+    print(f"precision@10 over {QUERIES} test images against {CATALOG_SIZE} catalog products: {precision:.3f}")
+    assert precision >= 0.70
+
+
+async def test_views_of_one_category_move_it_up_for_that_user_only(recommender, test_split,
+                                                                  catalog_ids_by_category):
+    query = png(test_split.images[1])  # a Pullover
+    before = await recommend(recommender, image=query, user_id="shopper-a", limit=50)
+    bags = catalog_ids_by_category["Bag"][:5]
+    for product_id in bags:
+        await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-a", product_id=product_id), timeout=5)
+    after = await recommend(recommender, image=query, user_id="shopper-a", limit=50)
+    other = await recommend(recommender, image=query, user_id="shopper-b", limit=50)
+
+    def bag_share(response: pb.RecommendResponse) -> float:
+        return np.mean([item.category == "Bag" for item in response.items[:20]])
+
+    assert bag_share(after) > bag_share(before)
+    assert bag_share(other) == bag_share(before)
+    assert not {item.product_id for item in after.items} & set(bags), "viewed items are excluded"
+    assert any(item.history_score > 0 for item in after.items)
+
+
+async def test_history_only_and_product_id_queries(recommender, catalog_ids_by_category):
+    await recommender.ForgetUser(pb.ForgetUserRequest(user_id="shopper-c"), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await recommend(recommender, user_id="shopper-c")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    sneakers = catalog_ids_by_category["Sneaker"][:3]
+    for product_id in sneakers:
+        await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-c", product_id=product_id), timeout=5)
+    from_history = await recommend(recommender, user_id="shopper-c", limit=10)
+    assert len(from_history.items) == 10
+    assert np.mean([item.category == "Sneaker" for item in from_history.items]) >= 0.5
+    assert not {item.product_id for item in from_history.items} & set(sneakers)
+
+    neighbours = await recommend(recommender, product_id=sneakers[0], limit=10)
+    assert sneakers[0] not in {item.product_id for item in neighbours.items}
+    assert np.mean([item.category in ("Sneaker", "Sandal", "Ankle boot") for item in neighbours.items]) >= 0.8
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await recommend(recommender, product_id="no-such-product")
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-product" in error.value.details()
+
+
+async def test_category_filter_is_honoured(recommender, test_split):
+    response = await recommend(recommender, image=png(test_split.images[0]), limit=20,
+                               filter=pb.Filter(categories=["Coat", "Shirt"]))
+    assert len(response.items) == 20
+    assert {item.category for item in response.items} <= {"Coat", "Shirt"}
+
+
+async def test_upsert_and_delete_are_visible_at_once(channel, recommender, test_split):
+    catalog = pb_grpc.CatalogStub(channel)
+    image = png(test_split.images[5])
+    products = [pb.Product(product_id="new-1", image=image, category="Trouser", attributes={"brand": "acme"}),
+                pb.Product(product_id="new-2", image=png(255 - test_split.images[6]), category="Shirt")]
+
+    async def stream():
+        for product in products:
+            yield product
+
+    assert (await catalog.UpsertProducts(stream(), timeout=30)).upserted == 2
+    found = await recommend(recommender, image=image, limit=1)
+    assert found.items[0].product_id == "new-1"
+    assert found.items[0].visual_score == pytest.approx(1.0, abs=1e-4)
+    assert dict(found.items[0].attributes) == {"brand": "acme"}
+    deleted = await catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["new-1", "new-2", "never"]),
+                                           timeout=5)
+    assert deleted.deleted == 2
+    after = await recommend(recommender, image=image, limit=10)
+    assert "new-1" not in {item.product_id for item in after.items}
+
+
+async def test_upsert_of_a_bad_image_is_refused_with_the_product_named(channel):
+    catalog = pb_grpc.CatalogStub(channel)
+
+    async def stream():
+        yield pb.Product(product_id="broken", image=b"not an image", category="Bag")
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await catalog.UpsertProducts(stream(), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "broken" in error.value.details()
+
+
+async def test_history_is_newest_first_and_forget_user_empties_it(recommender):
+    for product_id in ("fmnist-train-000001", "fmnist-train-000002"):
+        await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-d", product_id=product_id), timeout=5)
+    history = await recommender.GetHistory(pb.GetHistoryRequest(user_id="shopper-d"), timeout=5)
+    assert [view.product_id for view in history.views] == ["fmnist-train-000002", "fmnist-train-000001"]
+    await recommender.ForgetUser(pb.ForgetUserRequest(user_id="shopper-d"), timeout=5)
+    assert not (await recommender.GetHistory(pb.GetHistoryRequest(user_id="shopper-d"), timeout=5)).views
+
+
+@pytest.mark.parametrize("request_fields, code", [
+    ({"image": b"\x89PNG garbage"}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"product_id": "fmnist-train-000001", "limit": 1000}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"product_id": "bad\x00id"}, grpc.StatusCode.INVALID_ARGUMENT),
+])
+async def test_bad_requests_get_a_clear_status(recommender, request_fields, code):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await recommend(recommender, **request_fields)
+    assert error.value.code() == code
+    assert error.value.details()
+
+
+async def test_record_view_of_an_unknown_product_is_not_found(recommender):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await recommender.RecordView(pb.RecordViewRequest(user_id="u", product_id="nope"), timeout=5)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_is_serving_and_reflection_lists_both_services(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(50):
+        status = (await health.Check(health_pb2.HealthCheckRequest(service="recsys.v1.Recommender"))).status
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            break
+        await asyncio.sleep(0.2)
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def ask():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for answer in stub.ServerReflectionInfo(ask()):
+        services = {s.name for s in answer.list_services_response.service}
+    assert {"recsys.v1.Recommender", "recsys.v1.Catalog", "grpc.health.v1.Health"} <= services
+
+
+async def test_grpcurl_calls_recommend_through_reflection(stack):
+    gateway, _, _ = stack
+    grpcurl = Path(sys.executable).parent / "grpcurl"
+    request = json.dumps({"product_id": "fmnist-train-000000", "limit": 3})
+    result = await asyncio.to_thread(
+        subprocess.run, [str(grpcurl), "-plaintext", "-d", request, f"127.0.0.1:{gateway.port}",
+                         "recsys.v1.Recommender/Recommend"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["items"]) == 3
+
+
+async def test_metrics_record_stages_and_status_codes(stack, recommender, test_split):
+    _, metrics, _ = stack
+    await recommend(recommender, image=png(test_split.images[2]), user_id="shopper-e")
+    sample = metrics.registry.get_sample_value
+    for stage in ("decode", "embed", "search", "history", "rerank", "total"):
+        assert sample("recsys_stage_duration_seconds_count", {"stage": stage}) >= 1, stage
+    assert sample("recsys_requests_total", {"method": "Recommend", "code": "OK"}) >= 1
+    assert sample("recsys_requests_total", {"method": "Recommend", "code": "INVALID_ARGUMENT"}) >= 1
+
+
+async def test_a_catalog_built_with_another_model_is_refused(stack):
+    _, _, settings = stack
+    other = ModelInfo("product_embedder", "9", "resnet50", 2048)
+    store = open_catalog_store(None, settings.data_dir / "other", settings.collection, timeout_s=1)
+    await store.open(ModelInfo("product_embedder", "1", "efficientnet_lite0", 1280))
+    await store.close()
+    store = open_catalog_store(None, settings.data_dir / "other", settings.collection, timeout_s=1)
+    with pytest.raises(FailedPrecondition, match="index"):
+        await store.open(other)
+    await store.close()

@@ -1,0 +1,249 @@
+"""Properties of the history-aware re-ranker (pure functions, no servers)."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ranker import Candidate, HistoryItem, Ranked, Weights, history_vector, rerank
+
+CATEGORIES = ("bags", "dresses", "shoes")
+PRODUCT_IDS = tuple(f"p{index:02d}" for index in range(16))
+Scenario = tuple[list[Candidate], list[HistoryItem]]
+# Half the default number of examples keeps the module fast on a busy 2-core machine; no deadline, as
+# timings there vary.
+few_examples = settings(max_examples=50, deadline=None)
+
+
+def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
+    """Small-integer vectors, zero vectors included (their cosine similarity is 0)."""
+    return st.lists(st.integers(-3, 3), min_size=dim, max_size=dim).map(lambda v: np.array(v, np.float32))
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, min_history: int = 0) -> Scenario:
+    """Candidates with unique ids and a history whose ids may overlap theirs."""
+    dim = draw(st.integers(1, 5))
+    ids = draw(st.lists(st.sampled_from(PRODUCT_IDS), unique=True, max_size=10))
+    candidates = [Candidate(product_id, draw(st.sampled_from(CATEGORIES)), draw(vectors(dim)),
+                            draw(st.floats(-1, 1))) for product_id in ids]
+    history = draw(st.lists(st.builds(HistoryItem, st.sampled_from(PRODUCT_IDS), st.sampled_from(CATEGORIES),
+                                      vectors(dim), st.integers(0, 30)), min_size=min_history, max_size=8))
+    return candidates, history
+
+
+weights_strategy = st.builds(Weights, st.floats(0, 2), st.floats(0, 2), st.floats(0, 2), st.floats(0.1, 20),
+                             st.booleans())
+
+
+def visual_order(candidates: list[Candidate]) -> list[str]:
+    return [c.product_id for c in sorted(candidates, key=lambda c: (-c.visual_score, c.product_id))]
+
+
+def ids_of(ranked: list[Ranked]) -> list[str]:
+    return [r.product_id for r in ranked]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = math.hypot(*map(float, a)) * math.hypot(*map(float, b))
+    return sum(float(x) * float(y) for x, y in zip(a, b)) / norms if norms else 0.0
+
+
+def direction(vector: np.ndarray) -> np.ndarray:
+    vector = vector.astype(np.float64)
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm else np.zeros(vector.shape)
+
+
+def bag(product_id: str, vector: list[float], visual_score: float = 0.5) -> Candidate:
+    return Candidate(product_id, "bags", np.array(vector), visual_score)
+
+
+def bag_view(product_id: str, vector: list[float], position: int = 0) -> HistoryItem:
+    return HistoryItem(product_id, "bags", np.array(vector), position)
+
+
+@few_examples
+@given(scenarios(), weights_strategy)
+def test_empty_history_gives_the_visual_order(scenario: Scenario, weights: Weights) -> None:
+    candidates, _ = scenario
+    ranked = rerank(candidates, [], weights)
+    assert ids_of(ranked) == visual_order(candidates)
+    for r in ranked:
+        assert (r.history_score, r.category_score) == (0.0, 0.0)
+        assert r.score == weights.visual * r.visual_score
+
+
+@few_examples
+@given(scenarios(), weights_strategy)
+def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weights) -> None:
+    candidates, history = scenario
+    by_id = {c.product_id: c for c in candidates}
+    recency = [0.5 ** (h.position / weights.half_life_views) for h in history]
+    for r in rerank(candidates, history, weights):
+        candidate = by_id[r.product_id]
+        if history:
+            expected_history = sum(w * cosine(candidate.vector, h.vector) for w, h in zip(recency, history))
+            expected_history /= sum(recency)
+            expected_category = sum(w for w, h in zip(recency, history) if h.category == candidate.category)
+            expected_category /= sum(recency)
+        else:
+            expected_history = expected_category = 0.0
+        assert r.visual_score == candidate.visual_score
+        assert r.history_score == pytest.approx(expected_history, abs=1e-9)
+        assert r.category_score == pytest.approx(expected_category, abs=1e-9)
+        assert r.score == pytest.approx(weights.visual * r.visual_score + weights.history * r.history_score
+                                        + weights.category * r.category_score, abs=1e-12)
+
+
+@few_examples
+@given(scenarios(), weights_strategy)
+def test_order_is_a_deterministic_total_order(scenario: Scenario, weights: Weights) -> None:
+    candidates, history = scenario
+    ranked = rerank(candidates, history, weights)
+    assert rerank(candidates, history, weights) == ranked
+    assert rerank(candidates[::-1], history, weights) == ranked
+    keys = [(-r.score, -r.visual_score, r.product_id) for r in ranked]
+    assert keys == sorted(keys)
+
+
+@few_examples
+@given(scenarios(), st.sampled_from(CATEGORIES), st.floats(0.01, 2), st.booleans())
+def test_history_in_one_category_moves_that_category_up(scenario: Scenario, category: str,
+                                                        category_weight: float, exclude_viewed: bool) -> None:
+    candidates, history = scenario
+    history = [replace(h, category=category) for h in history]
+    weights = Weights(history=0.0, category=category_weight, exclude_viewed=exclude_viewed)
+    ranked = ids_of(rerank(candidates, history, weights))
+    before = visual_order([c for c in candidates if c.product_id in ranked])
+    for c in candidates:
+        if c.product_id in ranked and c.category == category:
+            assert ranked.index(c.product_id) <= before.index(c.product_id)
+        elif c.product_id in ranked:
+            assert ranked.index(c.product_id) >= before.index(c.product_id)
+
+
+def test_history_in_one_category_lifts_it_with_default_weights() -> None:
+    shoe, bag = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    candidates = [Candidate("bag-1", "bags", bag, 0.80), Candidate("bag-2", "bags", bag, 0.79),
+                  Candidate("shoe-1", "shoes", shoe, 0.75)]
+    history = [HistoryItem(f"shoe-viewed-{p}", "shoes", shoe + 0.1 * bag, p) for p in range(3)]
+    assert ids_of(rerank(candidates, [])) == ["bag-1", "bag-2", "shoe-1"]
+    assert ids_of(rerank(candidates, history)) == ["shoe-1", "bag-1", "bag-2"]
+
+
+@few_examples
+@given(scenarios(min_history=1))
+def test_viewed_items_are_excluded_unless_asked_otherwise(scenario: Scenario) -> None:
+    candidates, history = scenario
+    viewed = {h.product_id for h in history}
+    assert ids_of(rerank(candidates, history)) == [
+        r.product_id for r in rerank(candidates, history, Weights(exclude_viewed=False))
+        if r.product_id not in viewed]
+    assert sorted(ids_of(rerank(candidates, history, Weights(exclude_viewed=False)))) == sorted(
+        c.product_id for c in candidates)
+
+
+@few_examples
+@given(scenarios(), st.integers(0, 5), st.integers(1, 20))
+def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shift: int) -> None:
+    _, others = scenario
+    dim = others[0].vector.size if others else 3
+    vector = np.arange(1, dim + 1, dtype=np.float32)
+    candidate = Candidate("new", "hats", vector, 0.5)
+
+    def parts_with_view_at(view_position: int) -> tuple[float, float]:
+        [r] = rerank([candidate], [*others, HistoryItem("seen", "hats", vector, view_position)])
+        return r.history_score, r.category_score
+
+    recent, older = parts_with_view_at(position), parts_with_view_at(position + shift)
+    assert older[0] <= recent[0] + 1e-12
+    if others:
+        assert older[1] < recent[1]
+    else:
+        assert older == pytest.approx(recent) and recent == pytest.approx((1.0, 1.0))
+
+
+@few_examples
+@given(scenarios(), weights_strategy, st.integers(0, 12))
+def test_limit_keeps_the_top_of_the_full_order(scenario: Scenario, weights: Weights, limit: int) -> None:
+    candidates, history = scenario
+    assert rerank(candidates, history, weights, limit=limit) == rerank(candidates, history, weights)[:limit]
+
+
+@few_examples
+@given(scenarios(min_history=1), weights_strategy)
+def test_history_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, weights: Weights) -> None:
+    _, history = scenario
+    mean = sum(0.5 ** (h.position / weights.half_life_views) * direction(h.vector) for h in history)
+    vector = history_vector(history, weights)
+    if vector is None:
+        assert np.linalg.norm(mean) == pytest.approx(0.0, abs=1e-8)
+    else:
+        assert np.linalg.norm(vector) == pytest.approx(1.0)
+        assert vector.tolist() == pytest.approx((mean / np.linalg.norm(mean)).tolist())
+
+
+def test_only_relative_positions_matter_however_old_the_history() -> None:
+    candidates = [bag("a", [1, 0]), bag("b", [0, 1])]
+    recent = [bag_view("x", [1, 0], 0), bag_view("y", [0, 1], 3)]
+    old = [replace(view, position=view.position + 5000) for view in recent]
+    weights = Weights(half_life_views=1.0)
+    assert rerank(candidates, old, weights) == rerank(candidates, recent, weights)
+    assert history_vector(old, weights) == pytest.approx(history_vector(recent, weights))
+
+
+def test_history_vector_of_one_view_is_its_direction_and_none_when_empty() -> None:
+    assert history_vector([]) is None
+    vector = history_vector([HistoryItem("a", "bags", np.array([3.0, 4.0], dtype=np.float32), 7)])
+    assert vector is not None and vector.tolist() == pytest.approx([0.6, 0.8])
+
+
+def test_history_vector_is_none_when_the_views_cancel_out() -> None:
+    assert history_vector([bag_view("a", [1, 2], 4), bag_view("b", [-2, -4], 4)]) is None
+    # Weights 2 ** -0.5, 2 ** -0.5 and 1 cancel only up to rounding: no direction is left either.
+    views = [bag_view("x", [1, 0], 1), bag_view("y", [0, 1], 1), bag_view("z", [-1, -1], 0)]
+    assert history_vector(views, Weights(half_life_views=2.0)) is None
+
+
+def test_history_vector_leans_to_recent_views() -> None:
+    x, y = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    vector = history_vector([HistoryItem("a", "bags", x, 0), HistoryItem("b", "bags", y, 5)])
+    expected = np.array([1.0, 0.5]) / math.hypot(1.0, 0.5)
+    assert vector is not None and vector.tolist() == pytest.approx(expected.tolist())
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"visual": -0.1}, "weight visual must be a finite number >= 0"),
+    ({"history": float("nan")}, "weight history must be a finite number >= 0"),
+    ({"category": float("inf")}, "weight category must be a finite number >= 0"),
+    ({"half_life_views": 0.0}, "half_life_views must be a finite number > 0"),
+])
+def test_invalid_weights_are_rejected(fields: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Weights(**fields)
+
+
+@pytest.mark.parametrize("candidates, history, limit, message", [
+    ([bag("a", [1, 0]), bag("b", [1, 0, 0])], [], None, "candidate b: vector has 3 dimensions"),
+    ([bag("a", [1, 0])], [bag_view("v", [1, 0, 0])], None, "history item v: vector has 3 dimensions"),
+    ([Candidate("a", "bags", np.ones((2, 2)), 0.5)], [], None, "vector must be 1-D and non-empty"),
+    ([bag("a", [])], [], None, "vector must be 1-D and non-empty"),
+    ([bag("a", [1, float("nan")])], [], None, "candidate a: vector has non-finite values"),
+    ([bag("a", [1, 0], float("nan"))], [], None, "candidate a: visual_score must be finite"),
+    ([bag("a", [1, 0]), bag("a", [0, 1])], [], None, "unique, repeated: a"),
+    ([bag("a", [1, 0])], [bag_view("v", [1, 0], -1)], None, "history item v: position must be >= 0"),
+    ([bag("a", [1, 0])], [], -1, "limit must be >= 0"),
+])
+def test_invalid_inputs_are_rejected(candidates: list[Candidate], history: list[HistoryItem],
+                                     limit: int | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rerank(candidates, history, limit=limit)
+
+
+def test_history_vector_validates_its_input() -> None:
+    with pytest.raises(ValueError, match="history item b: vector has 1 dimensions, expected 2"):
+        history_vector([bag_view("a", [1, 0]), bag_view("b", [1])])
