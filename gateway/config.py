@@ -66,6 +66,7 @@ class Settings:
                 history=float(get("RANK_WEIGHT_HISTORY") or weights.history),
                 category=float(get("RANK_WEIGHT_CATEGORY") or weights.category),
                 half_life_views=float(get("RANK_HALF_LIFE_VIEWS") or weights.half_life_views),
+                exclude_viewed=(get("RANK_EXCLUDE_VIEWED") or str(weights.exclude_viewed)).lower() in ("1", "true"),
             ),
             request_timeout_s=float(get("REQUEST_TIMEOUT_SECONDS") or defaults.request_timeout_s),
             decode_workers=int(get("DECODE_WORKERS") or defaults.decode_workers),

@@ -14,7 +14,8 @@ import numpy as np
 from ranker import Candidate, HistoryItem, rerank, history_vector
 
 from .config import Settings
-from .domain import CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, Unavailable, View
+from .domain import (CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, RecsysError, Unavailable,
+                     View)
 from .images import preprocess
 from .metrics import Metrics
 from .ports import CatalogStore, Embedder, HistoryStore
@@ -212,7 +213,8 @@ class Pipeline:
     async def ready(self) -> bool:
         """True when the model is served and both stores answer."""
         try:
-            await asyncio.gather(self.catalog.ping(), self.history.ping())
-        except Unavailable:
+            products, _ = await asyncio.gather(self.catalog.count(), self.history.ping())
+        except RecsysError:
             return False
+        self._metrics.catalog_products.set(products)
         return await self.embedder.ready()

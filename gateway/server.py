@@ -16,7 +16,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from .api.recsys.v1 import recsys_pb2 as pb
 from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from .catalog import open_catalog_store
+from .catalog.refused import RefusedCatalog
 from .config import Settings
+from .domain import FailedPrecondition
 from .embedder import TritonEmbedder
 from .errors import ErrorMappingInterceptor
 from .history import RedisHistory
@@ -68,13 +70,16 @@ async def open_pipeline(settings: Settings, metrics: Metrics, recreate_catalog: 
         stack.push_async_callback(catalog.close)
         if recreate_catalog:
             await catalog.drop()
-        await catalog.open(embedder.info)
+        try:
+            await catalog.open(embedder.info)
+        except FailedPrecondition as refusal:
+            log.error("the catalog cannot be served: %s", refusal)
+            catalog = RefusedCatalog(catalog, refusal)
         history = RedisHistory.from_url(settings.redis_url, max_views=settings.history_max_views,
                                         ttl_s=settings.history_ttl_s, timeout_s=settings.history_timeout_s)
         stack.push_async_callback(history.close)
         pipeline = Pipeline(embedder, catalog, history, settings, metrics, decode_pool)
         indexer = Indexer(embedder, catalog, decode_pool, settings.image_limits, metrics)
-        metrics.catalog_products.set(await catalog.count())
         yield pipeline, indexer
 
 

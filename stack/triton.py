@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from model_export.triton_config import local_config
+from stack.net import free_port
 
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
 LOG_EXCERPT_LINES = 40
@@ -92,13 +92,6 @@ def _server_environment() -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, libraries))
     env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH", "")]))
     return env
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class TritonServer:

@@ -1,7 +1,6 @@
 """Congruence tests: the same assertions against the embedded engine and qdrant-client (local mode)."""
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -14,6 +13,7 @@ from qdrant_client import AsyncQdrantClient, models
 from gateway.catalog import CatalogStore, EdgeCatalog, QdrantClientCatalog, open_catalog_store
 from gateway.catalog.edge import MODEL_FILE
 from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, ModelInfo, Unavailable
+from stack.net import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
 
@@ -323,12 +323,6 @@ async def test_factory_without_url_keeps_the_catalog_under_the_data_directory(tm
     await opened(catalog, ITEMS[:3])
     await catalog.close()
     assert (tmp_path / "qdrant" / "catalog" / MODEL_FILE).is_file()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")

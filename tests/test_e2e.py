@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -20,10 +21,13 @@ from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.catalog import open_catalog_store
 from gateway.config import Settings
-from gateway.domain import FailedPrecondition, ModelInfo
+from gateway.domain import ModelInfo, Unavailable
+from gateway.history import RedisHistory
 from gateway.fashion_mnist import load_split
 from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, RecommendQuery
 from gateway.server import Gateway, open_pipeline, start_gateway
+from stack.net import free_port
 from stack.run import index_demo_catalog
 
 CATALOG_SIZE = 2000
@@ -248,13 +252,76 @@ async def test_metrics_record_stages_and_status_codes(stack, recommender, test_s
     assert sample("recsys_requests_total", {"method": "Recommend", "code": "INVALID_ARGUMENT"}) >= 1
 
 
-async def test_a_catalog_built_with_another_model_is_refused(stack):
-    _, _, settings = stack
-    other = ModelInfo("product_embedder", "9", "resnet50", 2048)
-    store = open_catalog_store(None, settings.data_dir / "other", settings.collection, timeout_s=1)
-    await store.open(ModelInfo("product_embedder", "1", "efficientnet_lite0", 1280))
+
+
+async def test_the_served_model_equals_in_process_torchscript(stack):
+    import torch
+
+    gateway, _, _ = stack
+    images = np.stack([np.asarray(Image.fromarray(load_split("test").images[i]).convert("RGB").resize((224, 224)))
+                       for i in range(4)])
+    served = await gateway.pipeline.embedder.embed(images, timeout_s=30)
+    model = torch.jit.load("model_repository/product_embedder/1/model.pt")
+    with torch.inference_mode():
+        local = model(torch.from_numpy(images)).numpy()
+    assert np.abs(served - local).max() <= 1e-5
+
+
+async def test_without_redis_recommend_answers_visually_and_says_history_was_skipped(stack, test_split):
+    gateway, metrics, settings = stack
+    pipeline = gateway.pipeline
+    dead_redis = RedisHistory.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    degraded = Pipeline(pipeline.embedder, pipeline.catalog, dead_redis, settings, metrics, ThreadPoolExecutor(1))
+    result = await degraded.recommend(RecommendQuery(user_id="shopper-f", image=png(test_split.images[3]), limit=5))
+    assert result.degraded == ("history",)
+    assert len(result.items) == 5
+    with pytest.raises(Unavailable):
+        await degraded.record_view("shopper-f", result.items[0].product_id)
+    await dead_redis.close()
+
+
+class BrokenHistory:
+    """A history store with a bug: the gateway must answer INTERNAL without leaking the details."""
+
+    async def recent(self, user_id: str, limit: int | None = None) -> list:
+        raise RuntimeError("secret internal detail")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_unknown_errors_become_internal_with_a_generic_message(stack):
+    gateway, metrics, settings = stack
+    pipeline = Pipeline(gateway.pipeline.embedder, gateway.pipeline.catalog, BrokenHistory(), settings, metrics,
+                        ThreadPoolExecutor(1))
+    broken = await start_gateway(pipeline, gateway.indexer, settings, metrics, address="127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{broken.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await pb_grpc.RecommenderStub(channel).GetHistory(pb.GetHistoryRequest(user_id="u"), timeout=5)
+    finally:
+        await broken.stop(grace_s=0)
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in error.value.details()
+
+
+async def test_a_gateway_over_a_catalog_of_another_model_refuses_with_how_to_reindex(triton_server, redis_server,
+                                                                                     tmp_path):
+    settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url, data_dir=tmp_path)
+    store = open_catalog_store(None, tmp_path, settings.collection, timeout_s=1)
+    await store.open(ModelInfo("product_embedder", "7", "resnet50", 2048))
     await store.close()
-    store = open_catalog_store(None, settings.data_dir / "other", settings.collection, timeout_s=1)
-    with pytest.raises(FailedPrecondition, match="index"):
-        await store.open(other)
-    await store.close()
+    metrics = Metrics(CollectorRegistry())
+    async with open_pipeline(settings, metrics) as (pipeline, indexer):
+        gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await pb_grpc.RecommenderStub(channel).Recommend(
+                        pb.RecommendRequest(product_id="fmnist-train-000001"), timeout=5)
+                health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        finally:
+            await gateway.stop(grace_s=0)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "resnet50" in error.value.details() and "make index RECREATE=1" in error.value.details()
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from gateway.domain import InvalidArgument, Unavailable, View
 from gateway.history import RedisHistory
-from stack.redis import RedisServer, free_port
+from stack.net import free_port
+from stack.redis import RedisServer
 from tests.redis_fixtures import HistoryFactory, keys_in
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

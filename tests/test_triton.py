@@ -16,7 +16,8 @@ from gateway.domain import DeadlineExceeded, FailedPrecondition, InvalidArgument
     ResourceExhausted, Unavailable
 from gateway.embedder import IMAGE_BYTES, REQUEST_OVERHEAD_BYTES, TritonEmbedder, check_model, domain_error
 from model_export.triton_config import local_config, render_config
-from stack.triton import PYTHON_MODEL_SOURCE, TritonServer, TritonStartError, derive_local_repository, free_port
+from stack.net import free_port
+from stack.triton import PYTHON_MODEL_SOURCE, TritonServer, TritonStartError, derive_local_repository
 from tests.triton_fixtures import FLOAT_INPUT_MODEL, TINY_BACKBONE, TINY_DIM, TINY_MODEL, add_model
 
 

@@ -1,0 +1,44 @@
+"""A catalog the gateway must not serve: every call answers with the reason (e.g. built with another model)."""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gateway.catalog.store import CatalogStore
+from gateway.domain import CatalogItem, FailedPrecondition, ModelInfo, Neighbour
+
+
+class RefusedCatalog:
+    """Stands in for a store whose `open` failed, so the gateway keeps running and says why it cannot serve."""
+
+    def __init__(self, store: CatalogStore, reason: FailedPrecondition) -> None:
+        self._store = store
+        self._reason = reason
+
+    async def open(self, model: ModelInfo) -> None:
+        raise self._reason
+
+    async def drop(self) -> None:
+        raise self._reason
+
+    async def upsert(self, items: Sequence[CatalogItem]) -> None:
+        raise self._reason
+
+    async def delete(self, product_ids: Sequence[str]) -> int:
+        raise self._reason
+
+    async def search(self, vector: np.ndarray, limit: int, categories: Sequence[str] = (),
+                     exclude_ids: Sequence[str] = ()) -> list[Neighbour]:
+        raise self._reason
+
+    async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
+        raise self._reason
+
+    async def count(self) -> int:
+        raise self._reason
+
+    async def ping(self) -> None:
+        raise self._reason
+
+    async def close(self) -> None:
+        await self._store.close()
