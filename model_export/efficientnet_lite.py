@@ -102,7 +102,15 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(HEAD_CHANNELS, IMAGENET_CLASSES)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(images)))
+        x = self.stem(images)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self.head(x)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """The stem convolution's activations, the input of the first block."""
+        return F.relu6(self._bn0(self._conv_stem(images)))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's activations [N, 1280, h, w] from the last block's output."""
+        return F.relu6(self._bn1(self._conv_head(features)))

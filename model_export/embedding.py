@@ -30,27 +30,41 @@ class MissingWeightsError(RuntimeError):
 class ImageEmbedder(nn.Module):
     """uint8 RGB images [N, 224, 224, 3] -> unit-length FP32 embeddings [N, D].
 
-    Normalises the pixels, runs the trunk (normalised NCHW -> feature map [N, D, h, w]), averages the
-    feature map over space and L2-normalises each row.
+    Normalises the pixels, averages them down to ``trunk_size`` when that is smaller (2x2 boxes for 112),
+    runs the trunk (normalised NCHW -> feature map [N, D, h, w]), averages the feature map over space and
+    L2-normalises each row. The input is 224x224 whatever the trunk's size, so every model version takes
+    the same requests.
     """
 
-    def __init__(self, trunk: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, trunk: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 trunk_size: int = IMAGE_SIZE) -> None:
         super().__init__()
+        if trunk_size < 1 or IMAGE_SIZE % trunk_size:
+            raise ValueError(f"trunk_size must divide {IMAGE_SIZE}, got {trunk_size}")
         self.trunk = trunk
         self.image_size: Final[int] = IMAGE_SIZE
+        self.downsample: Final[int] = IMAGE_SIZE // trunk_size
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("inv_std", 1 / torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return pooled_embedding(self.trunk(self.trunk_input(images)))
+
+    def trunk_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked uint8 NHWC images -> the normalised NCHW input of the trunk."""
         if images.dtype != torch.uint8:
             raise ValueError("images must be uint8 RGB pixels (0-255)")
         size = self.image_size
         if images.dim() != 4 or list(images.shape[1:]) != [size, size, 3]:
             raise ValueError(f"images must be shaped [N, {size}, {size}, 3] (NHWC), got {list(images.shape)}")
         # NHWC memory seen as NCHW is channels_last, the faster layout for these convolutions on CPU.
-        pixels = images.permute(0, 3, 1, 2).float()
-        features = self.trunk((pixels - self.mean) * self.inv_std)
-        return F.normalize(features.mean(dim=(2, 3)), dim=1)
+        pixels = (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        return F.avg_pool2d(pixels, self.downsample) if self.downsample > 1 else pixels
+
+
+def pooled_embedding(feature_map: torch.Tensor) -> torch.Tensor:
+    """Feature map [N, D, h, w] -> its spatial average, L2-normalised [N, D]."""
+    return F.normalize(feature_map.mean(dim=(2, 3)), dim=1)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 MODEL_FILENAME = "model.pt"
 CONFIG_FILENAME = "config.pbtxt"
 READABLE_BY_ALL = 0o644  # the serving process may run as another user
+READABLE_DIRECTORY = 0o755
 # Freezing folds BatchNorm into the convolutions, which moves the output by about 1e-6.
 MAX_EXPORT_DEVIATION = 1e-4
 
@@ -72,18 +74,40 @@ def export_model(repository: Path, name: str, backbone: str = DEFAULT_BACKBONE, 
     Returns the path of model.pt. Raises MissingWeightsError when the ImageNet weights cannot be found
     and ``random_weights`` is not asked for.
     """
-    if version < 1:
-        raise ValueError(f"the model version must be a positive integer, got {version}")
+    check_version(version)
     started = time.perf_counter()
     model = build_embedding_model(backbone, random_weights)
+    recorded_backbone = f"{backbone}-random" if random_weights else backbone
+    model_path = export_module(repository, name, model, version, recorded_backbone)
+    log.info("exported %s (backbone %s) in %.1f s", model_path, recorded_backbone, time.perf_counter() - started)
+    return model_path
+
+
+def check_version(version: int) -> None:
+    if version < 1:
+        raise ValueError(f"the model version must be a positive integer, got {version}")
+
+
+def export_module(repository: Path, name: str, model: ImageEmbedder, version: int, backbone: str) -> Path:
+    """Exports an embedding model as ``<repository>/<name>/<version>/model.pt`` with the shared config.pbtxt.
+
+    A new version folder appears whole (written aside, then renamed), so a Triton that polls the
+    repository never sees it half-written. Returns the path of model.pt.
+    """
+    check_version(version)
     exported = to_torchscript(model)
     dim = check_matches(model, exported)
     model_dir = repository / name
-    model_path = model_dir / str(version) / MODEL_FILENAME
-    write_atomically(model_path, lambda path: torch.jit.save(exported, str(path)))
-    recorded_backbone = f"{backbone}-random" if random_weights else backbone
-    config = render_config(name, recorded_backbone, dim)
+    version_dir = model_dir / str(version)
+    if version_dir.is_dir():
+        write_atomically(version_dir / MODEL_FILENAME, lambda path: torch.jit.save(exported, str(path)))
+    else:
+        partial = model_dir / f".{version}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        write_atomically(partial / MODEL_FILENAME, lambda path: torch.jit.save(exported, str(path)))
+        partial.chmod(READABLE_DIRECTORY)
+        os.replace(partial, version_dir)
+    config = render_config(name, backbone, dim)
     write_atomically(model_dir / CONFIG_FILENAME, lambda path: path.write_text(config))
-    log.info("exported %s (backbone %s, D=%d) in %.1f s", model_path, recorded_backbone, dim,
-             time.perf_counter() - started)
-    return model_path
+    log.info("wrote %s (D=%d)", version_dir / MODEL_FILENAME, dim)
+    return version_dir / MODEL_FILENAME

@@ -7,17 +7,23 @@ The local variant served by the bundled tritonserver (python backend only) is de
 INPUT_NAME = "images__0"
 OUTPUT_NAME = "embeddings__0"
 IMAGE_SIZE = 224
+SERVED_VERSIONS = 2
 
 
 def render_config(name: str, backbone: str, dim: int, max_batch_size: int = 32,
                   preferred_batch_sizes: tuple[int, ...] = (4, 8, 16), max_queue_delay_us: int = 2000,
                   threads: int = 2) -> str:
-    """Production config.pbtxt for Triton's PyTorch (libtorch) backend."""
+    """Production config.pbtxt for Triton's PyTorch (libtorch) backend.
+
+    Every version folder of the model shares this config, so all versions take the same input and
+    return embeddings of the same dimension. The newest SERVED_VERSIONS versions are loaded: the one a
+    rollout moves to and the one a rollback returns to.
+    """
     preferred = ", ".join(str(size) for size in preferred_batch_sizes)
     return f'''name: "{name}"
 platform: "pytorch_libtorch"
 max_batch_size: {max_batch_size}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+version_policy: {{ latest: {{ num_versions: {SERVED_VERSIONS} }} }}
 input [
   {{
     name: "{INPUT_NAME}"

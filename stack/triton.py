@@ -16,6 +16,7 @@ imports torch; on a small machine this halves the start-up time).
 
 import argparse
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,6 +34,7 @@ from types import TracebackType
 from model_export.triton_config import local_config
 from stack.net import free_port
 
+log = logging.getLogger(__name__)
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
 LOG_EXCERPT_LINES = 40
 ERROR_LINE = re.compile(r"^E\d{4} ")  # Triton's error-severity log lines, e.g. "E1125 18:20:23.182 ..."
@@ -64,12 +67,40 @@ def derive_local_repository(production: Path, local: Path) -> None:
         target = local / model_dir.name
         target.mkdir(parents=True)
         (target / "config.pbtxt").write_text(local_config((model_dir / "config.pbtxt").read_text()))
-        for version_dir in (path for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()):
-            (target / version_dir.name).mkdir()
-            shutil.copyfile(PYTHON_MODEL_SOURCE, target / version_dir.name / "model.py")
-            weights = version_dir / "model.pt"
-            if weights.exists():
-                (target / version_dir.name / "model.pt").symlink_to(weights.resolve())
+        for version_dir in _version_dirs(model_dir):
+            _derive_version(version_dir, target / version_dir.name)
+
+
+def add_new_versions(production: Path, local: Path) -> list[Path]:
+    """Derives the version folders exported into ``production`` since ``local`` was derived; returns them.
+
+    Each appears whole (built aside, then renamed), and only once its model.pt exists, so a server
+    polling ``local`` loads it like a production Triton polling ``production``.
+    """
+    added = []
+    for target in (path for path in local.iterdir() if path.is_dir()):
+        for version_dir in _version_dirs(production / target.name):
+            if (version_dir / "model.pt").exists() and not (target / version_dir.name).exists():
+                partial = target / f".{version_dir.name}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                _derive_version(version_dir, partial)
+                os.replace(partial, target / version_dir.name)
+                added.append(target / version_dir.name)
+    return added
+
+
+def _version_dirs(model_dir: Path) -> list[Path]:
+    return [path for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()]
+
+
+def _derive_version(version_dir: Path, target: Path) -> None:
+    """``model.py`` and a symlink to the production ``model.pt`` (when it exists; otherwise the model
+    fails to load and the server says why)."""
+    target.mkdir()
+    shutil.copyfile(PYTHON_MODEL_SOURCE, target / "model.py")
+    weights = version_dir / "model.pt"
+    if weights.exists():
+        (target / "model.pt").symlink_to(weights.resolve())
 
 
 def _prepare_backends(work_dir: Path) -> Path:
@@ -99,12 +130,17 @@ class TritonServer:
 
     ``work_dir`` holds the derived repository, the backend copy and ``tritonserver.log``; without
     one a temporary folder is used and removed on ``stop``. Ports left at 0 are picked free.
+    With ``poll_s`` the server polls its repository (``--model-control-mode=poll``) and model versions
+    exported into ``repository`` while it runs are derived every ``poll_s`` seconds, so it loads them as
+    a production Triton polling the repository does (the version policy decides which stay loaded).
     """
 
     def __init__(self, repository: Path, work_dir: Path | None = None, http_port: int = 0, grpc_port: int = 0,
-                 metrics_port: int = 0, ready_timeout_s: float = 120.0) -> None:
+                 metrics_port: int = 0, ready_timeout_s: float = 120.0, poll_s: int | None = None) -> None:
         self.repository = repository
         self.ready_timeout_s = ready_timeout_s
+        self.poll_s = poll_s
+        self._stop_polling = threading.Event()
         self._owns_work_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="triton-")) if work_dir is None else work_dir
         self.http_port = http_port or free_port()
@@ -137,6 +173,8 @@ class TritonServer:
                    "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                    "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
                    "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}"]
+        if self.poll_s:
+            command += ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_s}"]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_server_environment(),
                                              start_new_session=True)
@@ -145,7 +183,18 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        if self.poll_s:
+            self._stop_polling.clear()
+            threading.Thread(target=self._add_new_versions, name="triton-versions", daemon=True).start()
         return self
+
+    def _add_new_versions(self) -> None:
+        while not self._stop_polling.wait(self.poll_s):
+            try:
+                for added in add_new_versions(self.repository, self.local_repository):
+                    log.info("new model version for tritonserver: %s/%s", added.parent.name, added.name)
+            except OSError as error:  # e.g. an export still being written; retried at the next poll
+                log.warning("model versions not derived yet: %s", error)
 
     @property
     def running(self) -> bool:
@@ -179,6 +228,7 @@ class TritonServer:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if the server has not exited after ``grace_s``; idempotent."""
+        self._stop_polling.set()
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
             try:

@@ -1,7 +1,8 @@
 """Triton fixtures: a tiny TorchScript embedder repository and a real tritonserver over it.
 
 Register with ``pytest_plugins = ["tests.triton_fixtures"]`` in tests/conftest.py. ``triton_server``
-serves the real exported ``model_repository/`` (``make model``) for end-to-end tests.
+serves version 1 of the real exported ``model_repository/`` (``make model``) for end-to-end tests,
+whatever other versions ``make finetune`` added there.
 """
 
 from collections.abc import AsyncIterator, Iterator
@@ -64,10 +65,22 @@ def start_triton(repository: Path) -> TritonServer:
     return TritonServer(repository).start()
 
 
+def with_versions(repository: Path, target: Path, versions: tuple[str, ...]) -> Path:
+    """``target`` as a repository of the models in ``repository`` with only ``versions`` (linked, not copied)."""
+    for config in repository.glob("*/config.pbtxt"):
+        model_dir = target / config.parent.name
+        model_dir.mkdir(parents=True)
+        (model_dir / "config.pbtxt").symlink_to(config.resolve())
+        for version in versions:
+            if (config.parent / version).is_dir():
+                (model_dir / version).symlink_to((config.parent / version).resolve())
+    return target
+
+
 @pytest.fixture(scope="session")
-def triton_server() -> Iterator[TritonServer]:
-    """tritonserver over the exported model_repository/; fails with 'run make model' when it is empty."""
-    server = start_triton(MODEL_REPOSITORY)
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """tritonserver over version 1 of the exported model_repository/; fails with 'run make model' when it is empty."""
+    server = start_triton(with_versions(MODEL_REPOSITORY, tmp_path_factory.mktemp("version_1"), ("1",)))
     yield server
     server.stop()
 
