@@ -1,6 +1,7 @@
 """Catalog ingestion: the one code path from product images to stored vectors (CLI and gRPC alike)."""
 
 import asyncio
+import copy
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ class Indexer:
         self._limits = limits
         self._metrics = metrics
         self._embed_timeout_s = embed_timeout_s
+
+    def with_backends(self, embedder: Embedder, catalog: CatalogStore) -> "Indexer":
+        """This indexer over another embedder and catalog (a model rollout), sharing everything else."""
+        switched = copy.copy(self)
+        switched._embedder, switched._catalog = embedder, catalog
+        return switched
 
     async def index(self, products: Sequence[NewProduct], skip_existing: bool = False) -> IndexReport:
         """Stores one batch; with skip_existing, products already in the catalog are not embedded again."""

@@ -1,6 +1,7 @@
 """The recommendation data plane: decode → embed ‖ history → search → re-rank, each stage with a deadline."""
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -80,6 +81,12 @@ class Pipeline:
         self._settings = settings
         self._metrics = metrics
         self._decode_pool = decode_pool
+
+    def with_backends(self, embedder: Embedder, catalog: CatalogStore) -> "Pipeline":
+        """This pipeline over another embedder and catalog (a model rollout), sharing everything else."""
+        switched = copy.copy(self)
+        switched.embedder, switched.catalog = embedder, catalog
+        return switched
 
     async def recommend(self, query: RecommendQuery, budget_s: float | None = None) -> Recommendations:
         """Recommendations for a query within budget_s seconds (capped by the configured request timeout)."""

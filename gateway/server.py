@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from .api.recsys.v1 import recsys_pb2 as pb
 from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from .catalog import open_catalog_store
+from .catalog import open_catalog_aliases, open_catalog_store
+from .catalog.aliases import versioned_collection
 from .catalog.refused import RefusedCatalog
 from .config import Settings
 from .domain import FailedPrecondition
@@ -26,6 +27,7 @@ from .indexer import Indexer
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .servicer import CatalogServicer, RecommenderServicer
+from .serving import Serving, follow_alias, serving_target
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Recommender", "Catalog"))
@@ -40,9 +42,16 @@ class Gateway:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    pipeline: Pipeline
-    indexer: Indexer
+    serving: Serving
     _monitor: asyncio.Task[None]
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.serving.pipeline
+
+    @property
+    def indexer(self) -> Indexer:
+        return self.serving.indexer
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         await self.health.enter_graceful_shutdown()
@@ -55,23 +64,33 @@ async def open_pipeline(settings: Settings, metrics: Metrics, recreate_catalog: 
                         ) -> AsyncIterator[tuple[Pipeline, Indexer]]:
     """Connects to Triton, the catalog and the history store, and closes them on exit.
 
-    With recreate_catalog the catalog collection is dropped first and built anew with the served model.
+    The catalog is the collection the alias ``settings.collection`` points at, embedded with the model
+    version that collection records (``gateway.serving.serving_target``); a new catalog is created as
+    ``<name>-v<version>`` with the alias pointing at it. With recreate_catalog that collection is dropped
+    first and built anew with the served model.
     """
     if not settings.triton_url or not settings.redis_url:
         raise ValueError("TRITON_URL and REDIS_URL are required here (`make run` starts local servers)")
-    decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-    embedder = await TritonEmbedder.connect(settings.triton_url, settings.model_name, settings.model_version,
-                                            max_message_bytes=settings.max_message_bytes)
+    aliases = open_catalog_aliases(settings.qdrant_url, settings.data_dir, settings.search_timeout_s)
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(decode_pool.shutdown)
+        stack.push_async_callback(aliases.close)
+        collection, version = await serving_target(aliases, settings, recreate_catalog)
+        embedder = await TritonEmbedder.connect(settings.triton_url, settings.model_name, version,
+                                                max_message_bytes=settings.max_message_bytes)
         stack.push_async_callback(embedder.close)
-        catalog = open_catalog_store(settings.qdrant_url, settings.data_dir, settings.collection,
+        decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        stack.callback(decode_pool.shutdown)
+        new_collection = collection is None
+        collection = collection or versioned_collection(settings.collection, embedder.info.version)
+        catalog = open_catalog_store(settings.qdrant_url, settings.data_dir, collection,
                                      timeout_s=settings.search_timeout_s)
         stack.push_async_callback(catalog.close)
         if recreate_catalog:
             await catalog.drop()
         try:
             await catalog.open(embedder.info)
+            if new_collection:
+                await aliases.point(settings.collection, collection)
         except FailedPrecondition as refusal:
             log.error("the catalog cannot be served: %s", refusal)
             catalog = RefusedCatalog(catalog, refusal)
@@ -89,8 +108,9 @@ async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(metrics, SERVICES)], options=options)
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(pipeline), server)
-    pb_grpc.add_CatalogServicer_to_server(CatalogServicer(pipeline, indexer, settings.ingest_batch_size), server)
+    serving = Serving(pipeline, indexer)
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(serving), server)
+    pb_grpc.add_CatalogServicer_to_server(CatalogServicer(serving, settings.ingest_batch_size), server)
     health_servicer = health.aio.HealthServicer()
     for service in ("", *SERVICES):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -98,15 +118,15 @@ async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address or settings.grpc_address)
     await server.start()
-    monitor = asyncio.create_task(_watch_health(pipeline, health_servicer))
+    monitor = asyncio.create_task(_watch_health(serving, health_servicer))
     log.info("gateway listening on port %d, serving model %s", port, pipeline.embedder.info)
-    return Gateway(server, port, health_servicer, pipeline, indexer, monitor)
+    return Gateway(server, port, health_servicer, serving, monitor)
 
 
-async def _watch_health(pipeline: Pipeline, health_servicer: health.aio.HealthServicer) -> None:
+async def _watch_health(serving: Serving, health_servicer: health.aio.HealthServicer) -> None:
     """Keeps the health status in step with the backends: NOT_SERVING until all of them answer."""
     while True:
-        ready = await pipeline.ready()
+        ready = await serving.pipeline.ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", *SERVICES):
             await health_servicer.set(service, status)
@@ -124,8 +144,9 @@ async def serve(settings: Settings) -> None:
     try:
         async with open_pipeline(settings, metrics) as (pipeline, indexer):
             gateway = await start_gateway(pipeline, indexer, settings, metrics)
-            await stop.wait()
-            log.info("shutting down: health NOT_SERVING, draining for up to %.0f s", SHUTDOWN_GRACE_S)
-            await gateway.stop()
+            async with follow_alias(gateway.serving, settings):
+                await stop.wait()
+                log.info("shutting down: health NOT_SERVING, draining for up to %.0f s", SHUTDOWN_GRACE_S)
+                await gateway.stop()
     finally:
         metrics_server.shutdown()

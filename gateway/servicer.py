@@ -9,13 +9,18 @@ from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from .domain import InvalidArgument
 from .indexer import IndexReport, Indexer, NewProduct
 from .pipeline import Pipeline, RecommendQuery
+from .serving import Serving
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    """recsys.v1.Recommender over a Pipeline."""
+    """recsys.v1.Recommender over the serving Pipeline, read once per call."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
+    def __init__(self, serving: Serving) -> None:
+        self._serving = serving
+
+    @property
+    def _pipeline(self) -> Pipeline:
+        return self._serving.pipeline
 
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
                         ) -> pb.RecommendResponse:
@@ -55,12 +60,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
-    """recsys.v1.Catalog over the same Indexer the bulk CLI uses."""
+    """recsys.v1.Catalog over the same Indexer the bulk CLI uses (the serving one, read per batch)."""
 
-    def __init__(self, pipeline: Pipeline, indexer: Indexer, batch_size: int) -> None:
-        self._pipeline = pipeline
-        self._indexer = indexer
+    def __init__(self, serving: Serving, batch_size: int) -> None:
+        self._serving = serving
         self._batch_size = batch_size
+
+    @property
+    def _pipeline(self) -> Pipeline:
+        return self._serving.pipeline
+
+    @property
+    def _indexer(self) -> Indexer:
+        return self._serving.indexer
 
     async def UpsertProducts(self, request_iterator: AsyncIterator[pb.Product],
                              context: grpc.aio.ServicerContext) -> pb.UpsertProductsResponse:

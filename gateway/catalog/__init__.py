@@ -5,15 +5,18 @@ from pathlib import Path
 
 from qdrant_client import AsyncQdrantClient
 
+from gateway.catalog.aliases import CatalogAliases, EdgeAliases, ServerAliases
 from gateway.catalog.edge import EdgeCatalog
 from gateway.catalog.server import QdrantClientCatalog
 from gateway.catalog.store import EXACT_SEARCH_MAX_POINTS, CatalogStore
 
 __all__ = [
     "EXACT_SEARCH_MAX_POINTS",
+    "CatalogAliases",
     "CatalogStore",
     "EdgeCatalog",
     "QdrantClientCatalog",
+    "open_catalog_aliases",
     "open_catalog_store",
 ]
 
@@ -28,3 +31,10 @@ def open_catalog_store(url: str | None, data_dir: Path, collection: str, timeout
         client = AsyncQdrantClient(url=url, timeout=max(1, math.ceil(timeout_s)))
         return QdrantClientCatalog(client, collection)
     return EdgeCatalog(data_dir / "qdrant", collection)
+
+
+def open_catalog_aliases(url: str | None, data_dir: Path, timeout_s: float) -> CatalogAliases:
+    """The catalog aliases of the Qdrant server at `url`, or of the embedded engine under `data_dir`."""
+    if url:
+        return ServerAliases(AsyncQdrantClient(url=url, timeout=max(1, math.ceil(timeout_s))))
+    return EdgeAliases(data_dir / "qdrant")

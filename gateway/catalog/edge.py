@@ -69,6 +69,7 @@ class EdgeCatalog:
         exact_search_max_points: int = EXACT_SEARCH_MAX_POINTS,
         hnsw_ef: int = DEFAULT_HNSW_EF,
     ) -> None:
+        self.collection = collection
         self._shard_dir = path / collection
         self._exact_search_max_points = exact_search_max_points
         self._hnsw_ef = hnsw_ef

@@ -12,6 +12,7 @@ class RefusedCatalog:
     """Stands in for a store whose `open` failed, so the gateway keeps running and says why it cannot serve."""
 
     def __init__(self, store: CatalogStore, reason: FailedPrecondition) -> None:
+        self.collection = store.collection
         self._store = store
         self._reason = reason
 

@@ -53,22 +53,22 @@ class QdrantClientCatalog:
         exact_search_max_points: int = EXACT_SEARCH_MAX_POINTS,
     ) -> None:
         self._client = client
-        self._collection = collection
+        self.collection = collection
         self._exact_search_max_points = exact_search_max_points
         self._model: ModelInfo | None = None
 
     async def open(self, model: ModelInfo) -> None:
         """Create the collection for `model` if missing, else check it was built with `model`."""
         with self._server_errors():
-            if await self._client.collection_exists(self._collection):
-                info = await self._client.get_collection(self._collection)
+            if await self._client.collection_exists(self.collection):
+                info = await self._client.get_collection(self.collection)
                 metadata = info.config.metadata or {}
                 recorded = model_from_record(metadata.get(MODEL_METADATA_KEY))
                 ensure_built_with(
                     recorded,
                     model,
-                    f"in the Qdrant collection '{self._collection}'",
-                    f"delete the collection '{self._collection}'",
+                    f"in the Qdrant collection '{self.collection}'",
+                    f"delete the collection '{self.collection}'",
                 )
             else:
                 await self._create_collection(model)
@@ -77,7 +77,7 @@ class QdrantClientCatalog:
     async def drop(self) -> None:
         """Delete the collection, so that the next `open` starts an empty catalog."""
         with self._server_errors():
-            await self._client.delete_collection(self._collection)
+            await self._client.delete_collection(self.collection)
 
     async def upsert(self, items: Sequence[CatalogItem]) -> None:
         """Insert or replace products by product id; acknowledged by Qdrant when this returns."""
@@ -85,7 +85,7 @@ class QdrantClientCatalog:
             return
         points = await asyncio.to_thread(_points, items, self._opened().dim)
         with self._server_errors():
-            await self._client.upsert(self._collection, points, wait=True)
+            await self._client.upsert(self.collection, points, wait=True)
 
     async def delete(self, product_ids: Sequence[str]) -> int:
         """Delete products; returns how many of them existed (not atomic against concurrent writers)."""
@@ -93,11 +93,11 @@ class QdrantClientCatalog:
             return 0
         with self._server_errors():
             existing = await self._client.retrieve(
-                self._collection, point_ids(product_ids), with_payload=False, with_vectors=False
+                self.collection, point_ids(product_ids), with_payload=False, with_vectors=False
             )
             if existing:
                 selector = models.PointIdsList(points=[record.id for record in existing])
-                await self._client.delete(self._collection, selector, wait=True)
+                await self._client.delete(self.collection, selector, wait=True)
         return len(existing)
 
     async def search(
@@ -112,7 +112,7 @@ class QdrantClientCatalog:
         query = checked_vector(vector, self._opened().dim)
         with self._server_errors():
             response = await self._client.query_points(
-                self._collection,
+                self.collection,
                 query=query,
                 query_filter=_filter(categories, exclude_ids),
                 limit=limit,
@@ -127,7 +127,7 @@ class QdrantClientCatalog:
             return {}
         with self._server_errors():
             records = await self._client.retrieve(
-                self._collection, point_ids(product_ids), with_payload=True, with_vectors=with_vectors
+                self.collection, point_ids(product_ids), with_payload=True, with_vectors=with_vectors
             )
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
@@ -135,12 +135,12 @@ class QdrantClientCatalog:
     async def count(self) -> int:
         """Number of products in the collection."""
         with self._server_errors():
-            return (await self._client.count(self._collection, exact=True)).count
+            return (await self._client.count(self.collection, exact=True)).count
 
     async def ping(self) -> None:
         """Raise Unavailable if Qdrant does not answer (FailedPrecondition if the collection is gone)."""
         with self._server_errors():
-            await self._client.count(self._collection, exact=False)
+            await self._client.count(self.collection, exact=False)
 
     async def close(self) -> None:
         """Close the client."""
@@ -148,7 +148,7 @@ class QdrantClientCatalog:
 
     async def _create_collection(self, model: ModelInfo) -> None:
         await self._client.create_collection(
-            self._collection,
+            self.collection,
             vectors_config=models.VectorParams(size=model.dim, distance=models.Distance.COSINE),
             optimizers_config=models.OptimizersConfigDiff(
                 indexing_threshold=indexing_threshold_kb(model.dim, self._exact_search_max_points)
@@ -156,12 +156,12 @@ class QdrantClientCatalog:
             metadata={MODEL_METADATA_KEY: model_record(model)},
         )
         await self._client.create_payload_index(
-            self._collection, CATEGORY_FIELD, models.PayloadSchemaType.KEYWORD, wait=True
+            self.collection, CATEGORY_FIELD, models.PayloadSchemaType.KEYWORD, wait=True
         )
 
     def _opened(self) -> ModelInfo:
         if self._model is None:
-            raise Unavailable(f"The catalog in the Qdrant collection '{self._collection}' is not open")
+            raise Unavailable(f"The catalog in the Qdrant collection '{self.collection}' is not open")
         return self._model
 
     @contextmanager
@@ -174,7 +174,7 @@ class QdrantClientCatalog:
         except UnexpectedResponse as error:
             if error.status_code == 404:
                 raise FailedPrecondition(
-                    f"The Qdrant collection '{self._collection}' does not exist; build it with `make index`"
+                    f"The Qdrant collection '{self.collection}' does not exist; build it with `make index`"
                 ) from error
             raise Unavailable(
                 f"Qdrant answered HTTP {error.status_code} {error.reason_phrase}: "

@@ -25,6 +25,8 @@ _NO_VECTOR = np.empty(0, dtype=np.float32)
 class CatalogStore(Protocol):
     """Catalog products and their embeddings in a Qdrant collection built with one embedding model."""
 
+    collection: str
+
     async def open(self, model: ModelInfo) -> None:
         """Create the collection for `model` if missing; FailedPrecondition if it was built with another."""
 
