@@ -30,15 +30,22 @@ from stack.triton import TritonServer
 
 log = logging.getLogger("stack")
 MODEL_REPOSITORY = Path("model_repository")
+TRITON_POLL_S = 5
 
 
 @contextlib.contextmanager
-def local_backends(settings: Settings) -> Iterator[Settings]:
-    """Starts tritonserver and redis-server where no URL is configured; yields settings that point at them."""
+def local_backends(settings: Settings, serving: bool = False) -> Iterator[Settings]:
+    """Starts tritonserver and redis-server where no URL is configured; yields settings that point at them.
+
+    The tritonserver of a serving stack works in ``$DATA_DIR/triton`` and loads model versions exported
+    while it runs (so ``make rollout`` can switch to them); any other one works in a temporary folder.
+    """
     with contextlib.ExitStack() as stack:
         if not settings.triton_url:
             log.info("starting tritonserver over %s", MODEL_REPOSITORY)
-            triton = stack.enter_context(TritonServer(MODEL_REPOSITORY, work_dir=settings.data_dir / "triton"))
+            server = (TritonServer(MODEL_REPOSITORY, work_dir=settings.data_dir / "triton", poll_s=TRITON_POLL_S)
+                      if serving else TritonServer(MODEL_REPOSITORY))
+            triton = stack.enter_context(server)
             settings = dataclasses.replace(settings, triton_url=triton.grpc_url)
             log.info("tritonserver ready: gRPC %s, metrics %s", triton.grpc_url, triton.metrics_url)
         if not settings.redis_url:
@@ -94,11 +101,26 @@ async def build_index(catalog: CatalogStore) -> None:
         log.info("catalog index optimised")
 
 
-async def run_index(settings: Settings, args: argparse.Namespace) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, default_limit: int | None = None) -> None:
+    """The arguments that name the products to ingest (read them with `read_source`)."""
+    parser.add_argument("source", choices=["fashion-mnist", "folder"])
+    parser.add_argument("--split", default="train", choices=["train", "test"])
+    parser.add_argument("--limit", type=int, default=default_limit, help="first N Fashion-MNIST images only"
+                        + (f" (default {default_limit})" if default_limit else ""))
+    parser.add_argument("--csv", type=Path, help="folder source: CSV with product_id,image,category,...")
+    parser.add_argument("--root", type=Path, help="folder source: base of the image paths (default: CSV folder)")
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def read_source(args: argparse.Namespace) -> tuple[int, Iterator[NewProduct | sources.Unreadable]]:
+    """The number of products and the products named by the `add_source_arguments` arguments."""
     if args.source == "fashion-mnist":
-        total, products = sources.fashion_mnist(args.split, limit=args.limit)
-    else:
-        total, products = sources.image_folder(args.csv, args.root)
+        return sources.fashion_mnist(args.split, limit=args.limit)
+    return sources.image_folder(args.csv, args.root)
+
+
+async def run_index(settings: Settings, args: argparse.Namespace) -> None:
+    total, products = read_source(args)
     async with open_pipeline(settings, Metrics(CollectorRegistry()), recreate_catalog=args.recreate) as (
             pipeline, indexer):
         await ingest(indexer, total, products, args.batch_size, skip_existing=not args.force)
@@ -128,12 +150,7 @@ def main() -> None:
     serve_cmd.add_argument("--demo-size", type=int, default=int(os.environ.get("DEMO_CATALOG_SIZE", "6000")),
                            help="Fashion-MNIST training images indexed before serving (0: none)")
     index_cmd = commands.add_parser("index", help="ingest products into the catalog")
-    index_cmd.add_argument("source", choices=["fashion-mnist", "folder"])
-    index_cmd.add_argument("--split", default="train", choices=["train", "test"])
-    index_cmd.add_argument("--limit", type=int, help="first N Fashion-MNIST images only")
-    index_cmd.add_argument("--csv", type=Path, help="folder source: CSV with product_id,image,category,...")
-    index_cmd.add_argument("--root", type=Path, help="folder source: base of the image paths (default: CSV folder)")
-    index_cmd.add_argument("--batch-size", type=int, default=16)
+    add_source_arguments(index_cmd)
     index_cmd.add_argument("--force", action="store_true", help="re-embed products already in the catalog")
     index_cmd.add_argument("--recreate", action="store_true",
                            help="drop the catalog collection first (needed after changing the model)")
@@ -142,7 +159,7 @@ def main() -> None:
         parser.error("the folder source needs --csv")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
-    with local_backends(Settings.from_env(os.environ)) as settings:
+    with local_backends(Settings.from_env(os.environ), serving=args.command == "serve") as settings:
         try:
             if args.command == "serve":
                 asyncio.run(run_serve(settings, args.demo_size))
