@@ -72,3 +72,23 @@ demo: $(STUBS)
 
 clean:
 	rm -rf $(STUBS_DIR) model_repository/*/[0-9]* model_repository/*/config.pbtxt .pytest_cache
+
+.PHONY: finetune eval rollout rollback
+
+## finetune: fine-tune the embedder on the Fashion-MNIST train split, export model version 2 and its training card
+## (QUICK=1: a tiny run in a minute, exported under build/quick/; FORCE=1: replace an existing version)
+finetune: setup model
+	$(PY) -m training $(if $(QUICK),--quick) $(if $(FORCE),--force)
+
+## eval: measure retrieval, personalisation and latency of every served model version; report in reports/
+eval: setup model
+	$(PY) -m evaluation $(if $(QUICK),--quick)
+
+## rollout: embed the catalog with model VERSION (default: the newest) next to the serving one, then switch to it
+rollout: setup model
+	$(PY) -m stack.rollout out $(SOURCE) $(if $(VERSION),--version $(VERSION)) $(if $(CSV),--csv $(CSV)) \
+		$(if $(LIMIT),--limit $(LIMIT)) $(if $(RECREATE),--recreate)
+
+## rollback: switch the catalog back to the previous model version's collection (or VERSION=N)
+rollback: setup
+	$(PY) -m stack.rollout back $(if $(VERSION),--version $(VERSION))

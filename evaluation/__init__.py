@@ -1,0 +1,1 @@
+"""Recommendation quality: retrieval, personalisation and latency measured through the served path."""

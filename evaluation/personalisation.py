@@ -1,0 +1,164 @@
+"""Personalisation: which list best predicts a simulated shopper's next view.
+
+Each evaluated step holds out one view: the shopper has viewed ``history`` (oldest first), is looking
+at ``query`` (the last of them), and views ``target`` next. Methods, each a top-10 list:
+
+- ``visual``: Recommend(product_id=query), no user: neighbours of the product being looked at.
+- ``history_aware``: Recommend(product_id=query, user_id), with the history recorded through RecordView.
+- ``history_only``: Recommend(user_id), no query.
+- ``most_viewed``: the products other shoppers viewed most (non-visual).
+- ``category_popularity``: the most viewed products of the categories in the shopper's history, those
+  with the larger share of the history first (non-visual).
+
+The ranker's weights are chosen on validation shoppers (in-process pipelines over the same Triton,
+Qdrant and Redis) and the test shoppers, simulated with another seed, are served by a gateway with
+the chosen weights.
+"""
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from gateway.api.recsys.v1 import recsys_pb2 as pb
+from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, RecommendQuery
+from ranker import Weights
+
+from evaluation.metrics import next_item_metrics
+from evaluation.shoppers import Shopper
+
+K = 10
+METHODS = ("visual", "history_aware", "history_only", "most_viewed", "category_popularity")
+HISTORY_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+CATEGORY_GRID = (0.0, 0.25, 0.5, 1.0)
+HALF_LIFE_GRID = (2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One held-out next view of a shopper."""
+
+    user: str
+    history: tuple[str, ...]
+    target: str
+
+    @property
+    def query(self) -> str:
+        return self.history[-1]
+
+
+def steps_of(shoppers: Sequence[Shopper], product_ids: Sequence[str], prefix: str, last: int) -> list[Step]:
+    """The last ``last`` views of each shopper, each held out in turn after the views before it."""
+    steps = []
+    for number, shopper in enumerate(shoppers):
+        views = [product_ids[view] for view in shopper.views]
+        steps.extend(Step(f"{prefix}-{number}", tuple(views[:position]), views[position])
+                     for position in range(len(views) - last, len(views)))
+    return steps
+
+
+class Popularity:
+    """View counts of products over a population of shoppers, and the two non-visual baselines."""
+
+    def __init__(self, shoppers: Iterable[Shopper], product_ids: Sequence[str], categories: Sequence[str]) -> None:
+        counts = Counter(product_ids[view] for shopper in shoppers for view in shopper.views)
+        self._category = dict(zip(product_ids, categories, strict=True))
+        order = sorted(product_ids, key=lambda product_id: (-counts[product_id], product_id))
+        self._ranked = order
+        self._ranked_by_category: dict[str, list[str]] = {}
+        for product_id in order:
+            self._ranked_by_category.setdefault(self._category[product_id], []).append(product_id)
+
+    def most_viewed(self, step: Step) -> list[str]:
+        seen = set(step.history)
+        return list(itertools.islice((p for p in self._ranked if p not in seen), K))
+
+    def category_popularity(self, step: Step) -> list[str]:
+        seen = set(step.history)
+        shares = Counter(self._category[product_id] for product_id in step.history)
+        ordered = [p for category, _ in sorted(shares.items(), key=lambda item: (-item[1], item[0]))
+                   for p in self._ranked_by_category[category]]
+        return list(itertools.islice((p for p in [*ordered, *self._ranked] if p not in seen), K))
+
+
+async def record_history(record: Callable[[str, str], Awaitable[object]], steps: Sequence[Step]) -> None:
+    """Records the views before each user's first step, in order (later steps add their own)."""
+    first = {}
+    for step in steps:
+        first.setdefault(step.user, step)
+    for step in first.values():
+        for product_id in step.history:
+            await record(step.user, product_id)
+
+
+def weight_grid(base: Weights) -> list[Weights]:
+    """Candidate ranker weights: visual fixed at 1, the other weights and the half-life varied."""
+    return [replace(base, visual=1.0, history=history, category=category, half_life_views=half_life)
+            for history, category, half_life in itertools.product(HISTORY_GRID, CATEGORY_GRID, HALF_LIFE_GRID)]
+
+
+async def tune_weights(pipeline: Pipeline, settings: Settings, metrics: Metrics, steps: Sequence[Step],
+                       concurrency: int = 8) -> tuple[Weights, list[tuple[Weights, dict[str, float]]]]:
+    """The grid's weights with the best hit@10 (then NDCG@10) on ``steps`` (one step per user), and all scores.
+
+    Each candidate runs as an in-process Pipeline over the gateway's embedder, catalog and history.
+    """
+    if len({step.user for step in steps}) != len(steps):
+        raise ValueError("tuning evaluates one step per user, with the history recorded once")
+    await record_history(pipeline.record_view, steps)
+    pool = ThreadPoolExecutor(1)
+    scores = []
+    try:
+        for weights in weight_grid(settings.weights):
+            candidate = Pipeline(pipeline.embedder, pipeline.catalog, pipeline.history,
+                                 replace(settings, weights=weights), metrics, pool)
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def ranked(step: Step) -> list[str]:
+                async with semaphore:
+                    result = await candidate.recommend(RecommendQuery(user_id=step.user, product_id=step.query,
+                                                                      limit=K))
+                return [item.product_id for item in result.items]
+
+            lists = await asyncio.gather(*(ranked(step) for step in steps))
+            scores.append((weights, next_item_metrics(lists, [step.target for step in steps], K)))
+    finally:
+        pool.shutdown()
+    best = max(scores, key=lambda entry: (entry[1]["hit"], entry[1]["ndcg"]))
+    return best[0], scores
+
+
+async def served_lists(stub: pb_grpc.RecommenderStub, steps: Sequence[Step], popularity: Popularity,
+                       timeout_s: float = 10.0) -> dict[str, list[list[str]]]:
+    """Every method's top-10 list for each step; histories are recorded through the gateway as they grow."""
+    lists: dict[str, list[list[str]]] = {method: [] for method in METHODS}
+
+    async def recommend(**fields: object) -> list[str]:
+        response = await stub.Recommend(pb.RecommendRequest(limit=K, **fields), timeout=timeout_s)
+        return [item.product_id for item in response.items]
+
+    async def record(user: str, product_id: str) -> None:
+        await stub.RecordView(pb.RecordViewRequest(user_id=user, product_id=product_id), timeout=timeout_s)
+
+    for user in {step.user for step in steps}:
+        await stub.ForgetUser(pb.ForgetUserRequest(user_id=user), timeout=timeout_s)
+    await record_history(record, steps)
+    for step in steps:
+        lists["visual"].append(await recommend(product_id=step.query))
+        lists["history_aware"].append(await recommend(product_id=step.query, user_id=step.user))
+        lists["history_only"].append(await recommend(user_id=step.user))
+        lists["most_viewed"].append(popularity.most_viewed(step))
+        lists["category_popularity"].append(popularity.category_popularity(step))
+        await record(step.user, step.target)
+    return lists
+
+
+def scores_of(lists: dict[str, list[list[str]]], steps: Sequence[Step]) -> dict[str, dict[str, float]]:
+    """hit@10 and NDCG@10 of each method."""
+    targets = [step.target for step in steps]
+    return {method: next_item_metrics(ranked, targets, K) for method, ranked in lists.items()}

@@ -1,0 +1,248 @@
+"""The evaluation run: every served model version through one real gateway, switched by the catalog alias.
+
+Setting (``EvalConfig``): the catalog is the first ``catalog_size`` images of the Fashion-MNIST *train*
+split; the queries are the first ``queries_per_category`` images of each category of the *test* split,
+which no training code reads. For each version Triton serves, the catalog is embedded into its own
+collection (``stack.rollout.build_collection``, resumable), the alias is pointed at it and the gateway
+follows, exactly as in a rollout; then the queries run through gRPC, the same retrieval runs in-process
+as a cross-check, a short load run measures the stages, and the same simulated shoppers measure
+personalisation.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc.aio import InferenceServerClient
+
+from gateway import sources
+from gateway.api.recsys.v1 import recsys_pb2 as pb
+from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from gateway.catalog import open_catalog_aliases
+from gateway.catalog.aliases import versioned_collection
+from gateway.config import Settings
+from gateway.fashion_mnist import CLASS_NAMES, load_split
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.server import Gateway, open_pipeline, start_gateway
+from gateway.serving import follow_alias
+from ranker import Weights
+from stack.rollout import build_collection
+
+from evaluation import metrics as measures
+from evaluation.latency import LoadRun, load_run
+from evaluation.personalisation import METHODS, Popularity, scores_of, served_lists, steps_of, tune_weights
+from evaluation.retrieval import (InProcess, Served, in_process_results, png, served_results,
+                                  stored_vectors, stratified_queries, wait_for_model)
+from evaluation.shoppers import Catalog, ShopperConfig, simulate
+
+log = logging.getLogger(__name__)
+LOAD_USERS = 8
+LOAD_USER_VIEWS = 5
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How much the evaluation measures; the defaults are what `make eval` runs."""
+
+    catalog_size: int = 10_000
+    queries_per_category: int = 200
+    ks: tuple[int, ...] = (1, 5, 10, 20)
+    validation_shoppers: int = 200
+    test_shoppers: int = 400
+    popularity_shoppers: int = 2000
+    test_steps: int = 3
+    load_seconds: float = 20.0
+    load_concurrency: int = 4
+    catalog_check: int = 500
+    seed: int = 0
+
+
+QUICK = EvalConfig(catalog_size=500, queries_per_category=4, validation_shoppers=12, test_shoppers=12,
+                   popularity_shoppers=50, test_steps=2, load_seconds=2.0, load_concurrency=2, catalog_check=10)
+
+
+@dataclass
+class VersionResult:
+    """What was measured for one model version."""
+
+    version: str
+    model: str
+    served: Served
+    in_process: InProcess
+    served_metrics: dict[int, dict[str, float]]
+    in_process_metrics: dict[int, dict[str, float]]
+    per_category: dict[str, dict[str, float]]
+    confusion: np.ndarray
+    load: LoadRun
+    index_seconds: float
+
+
+@dataclass
+class PersonalisationResult:
+    version: str
+    weights: Weights
+    default_weights: Weights
+    validation: list[tuple[Weights, dict[str, float]]]
+    test: dict[str, dict[str, float]]
+    validation_steps: int
+    test_steps: int
+    shopper_config: ShopperConfig
+
+
+@dataclass
+class Evaluation:
+    """Everything the report shows."""
+
+    config: EvalConfig
+    catalog_labels: np.ndarray
+    query_indices: np.ndarray
+    query_labels: np.ndarray
+    versions: list[VersionResult] = field(default_factory=list)
+    personalisation: list[PersonalisationResult] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+async def served_versions(triton_url: str, model_name: str) -> list[str]:
+    """The versions of the model that Triton serves, oldest first."""
+    client = InferenceServerClient(triton_url)
+    try:
+        metadata = await client.get_model_metadata(model_name)
+    finally:
+        await client.close()
+    return sorted(metadata.versions, key=int)
+
+
+async def evaluate(config: EvalConfig, settings: Settings, repository: Path) -> Evaluation:
+    """Runs the whole evaluation against the Triton and Redis the settings name (see the module docstring)."""
+    if not settings.triton_url:
+        raise ValueError("the evaluation needs settings.triton_url")
+    started = time.perf_counter()
+    train, test = load_split("train"), load_split("test")
+    catalog_ids = [train.product_id(index) for index in range(config.catalog_size)]
+    catalog_labels = train.labels[:config.catalog_size]
+    queries = stratified_queries(test, config.queries_per_category)
+    query_images = [png(test.images[index]) for index in queries]
+    result = Evaluation(config, catalog_labels, queries, test.labels[queries])
+    versions = await served_versions(settings.triton_url, settings.model_name)
+    log.info("Triton serves %s versions %s", settings.model_name, ", ".join(versions))
+    index_seconds = {}
+    for version in versions:
+        index_started = time.perf_counter()
+        total, products = sources.fashion_mnist("train", limit=config.catalog_size)
+        await build_collection(settings, version, total, products, settings.ingest_batch_size)
+        index_seconds[version] = time.perf_counter() - index_started
+    result.seconds["catalog embedding"] = sum(index_seconds.values())
+    aliases = open_catalog_aliases(settings.qdrant_url, settings.data_dir, settings.search_timeout_s)
+    await aliases.point(settings.collection, versioned_collection(settings.collection, versions[0]))
+    metrics = Metrics(CollectorRegistry())
+    try:
+        async with open_pipeline(settings, metrics) as (pipeline, indexer):
+            gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
+            try:
+                async with follow_alias(gateway.serving, settings, poll_s=0.5), \
+                        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+                    stub = pb_grpc.RecommenderStub(channel)
+                    load_users = await prepare_load_users(stub, catalog_ids)
+                    for version in versions:
+                        await aliases.point(settings.collection, versioned_collection(settings.collection, version))
+                        model = await wait_for_model(stub, query_images[0], version)
+                        log.info("measuring %s", model)
+                        version_started = time.perf_counter()
+                        result.versions.append(await measure_version(
+                            config, gateway, stub, metrics, version, model, repository / settings.model_name,
+                            query_images, result.query_labels, catalog_ids, catalog_labels, train.images,
+                            load_users, index_seconds[version]))
+                        result.seconds[f"retrieval and load, version {version}"] = time.perf_counter() - version_started
+                        personalisation_started = time.perf_counter()
+                        result.personalisation.append(await measure_personalisation(
+                            config, gateway, settings, metrics, version, catalog_ids, train.images, catalog_labels))
+                        result.seconds[f"personalisation, version {version}"] = (time.perf_counter()
+                                                                                 - personalisation_started)
+            finally:
+                await gateway.stop(grace_s=1)
+    finally:
+        await aliases.close()
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
+async def prepare_load_users(stub: pb_grpc.RecommenderStub, catalog_ids: list[str]) -> list[str]:
+    """Users with a few recorded views, so the load run exercises the history stage."""
+    users = [f"load-{number}" for number in range(LOAD_USERS)]
+    for number, user in enumerate(users):
+        await stub.ForgetUser(pb.ForgetUserRequest(user_id=user), timeout=10)
+        for view in range(LOAD_USER_VIEWS):
+            product_id = catalog_ids[(number * LOAD_USER_VIEWS + view) % len(catalog_ids)]
+            await stub.RecordView(pb.RecordViewRequest(user_id=user, product_id=product_id), timeout=10)
+    return users
+
+
+async def measure_version(config: EvalConfig, gateway: Gateway, stub: pb_grpc.RecommenderStub, metrics: Metrics,
+                          version: str, model: str, model_dir: Path, query_images: list[bytes],
+                          query_labels: np.ndarray, catalog_ids: list[str], catalog_labels: np.ndarray,
+                          catalog_pixels: np.ndarray, load_users: list[str], index_seconds: float) -> VersionResult:
+    """Retrieval through the gateway (now serving ``version``), its in-process cross-check and a load run."""
+    k = max(config.ks)
+    served = await served_results(stub, query_images, k)
+    vectors = await stored_vectors(gateway.pipeline.catalog, catalog_ids)
+    sample = np.random.default_rng(config.seed).choice(len(catalog_ids), config.catalog_check, replace=False)
+    in_process = await asyncio.to_thread(in_process_results, str(model_dir / version / "model.pt"), query_images,
+                                         catalog_ids, vectors, catalog_pixels, sample, k)
+    label_of = dict(zip(catalog_ids, catalog_labels, strict=True))
+    in_catalog = np.bincount(catalog_labels, minlength=len(CLASS_NAMES))[query_labels]
+
+    def relevant(ids: list[list[str]]) -> np.ndarray:
+        return measures.relevance(query_labels, np.array([[label_of[i] for i in row] for row in ids]))
+
+    served_relevant = relevant(served.ids)
+    result_labels = np.array([[label_of[i] for i in row] for row in served.ids])
+    load = await load_run(stub, metrics.registry, query_images, load_users, config.load_seconds,
+                          config.load_concurrency)
+    return VersionResult(
+        version, model, served, in_process,
+        measures.metrics_at(served_relevant, in_catalog, config.ks),
+        measures.metrics_at(relevant(in_process.ids), in_catalog, config.ks),
+        measures.per_category(query_labels, served_relevant, in_catalog, 10, CLASS_NAMES),
+        measures.confusion(query_labels, result_labels, 10, len(CLASS_NAMES)), load, index_seconds)
+
+
+async def measure_personalisation(config: EvalConfig, gateway: Gateway, settings: Settings, metrics: Metrics,
+                                  version: str, catalog_ids: list[str], catalog_pixels: np.ndarray,
+                                  catalog_labels: np.ndarray) -> PersonalisationResult:
+    """Tunes the ranker on validation shoppers, then serves the test shoppers with the chosen weights."""
+    shopper_config = ShopperConfig()
+    catalog = Catalog(catalog_pixels[:len(catalog_ids)], catalog_labels, shopper_config, config.seed)
+    categories = [CLASS_NAMES[label] for label in catalog_labels]
+    popularity = Popularity(simulate(catalog, config.popularity_shoppers, config.seed + 1), catalog_ids, categories)
+    validation = steps_of(simulate(catalog, config.validation_shoppers, config.seed + 2), catalog_ids,
+                          f"v{version}-validation", last=1)
+    weights, grid = await tune_weights(gateway.pipeline, settings, metrics, validation)
+    log.info("ranker weights chosen on %d validation steps: %s", len(validation), weights)
+    test = steps_of(simulate(catalog, config.test_shoppers, config.seed + 3), catalog_ids, f"v{version}-test",
+                    last=config.test_steps)
+    tuned_settings = dataclasses.replace(settings, weights=weights)
+    pool = ThreadPoolExecutor(1)
+    pipeline = gateway.pipeline
+    tuned = await start_gateway(Pipeline(pipeline.embedder, pipeline.catalog, pipeline.history, tuned_settings,
+                                         metrics, pool), gateway.indexer, tuned_settings, metrics,
+                                address="127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{tuned.port}") as channel:
+            lists = await served_lists(pb_grpc.RecommenderStub(channel), test, popularity)
+    finally:
+        await tuned.stop(grace_s=1)
+        pool.shutdown()
+    scores = scores_of(lists, test)
+    for method in METHODS:
+        log.info("version %s, %s: hit@10 %.3f, NDCG@10 %.3f", version, method, scores[method]["hit"],
+                 scores[method]["ndcg"])
+    return PersonalisationResult(version, weights, settings.weights, grid, scores, len(validation), len(test),
+                                 shopper_config)
