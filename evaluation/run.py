@@ -52,7 +52,7 @@ LOAD_USER_VIEWS = 5
 class EvalConfig:
     """How much the evaluation measures; the defaults are what `make eval` runs."""
 
-    catalog_size: int = 10_000
+    catalog_size: int = 6_000
     queries_per_category: int = 200
     ks: tuple[int, ...] = (1, 5, 10, 20)
     validation_shoppers: int = 200

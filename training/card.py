@@ -94,7 +94,8 @@ epoch with the best validation precision@{NEIGHBOURS} is kept.
 fine-tuning (epoch {record['best_epoch']}). The evaluation report (`make eval`) measures both versions on the test
 split through Triton and Qdrant.
 
-**Cost.** {config['threads']} torch threads: {seconds}.
+**Cost.** {config['threads']} torch threads: {seconds}; the machine's 15-minute load average was
+{record['load_average']:.1f} at the end (above {config['threads']}, other work shared the cores).
 
 **Export.** `{MODEL_FILENAME}` sha256 `{record['sha256']}`; its embeddings of the validation images, computed
 from their pixels, differ from the training's by at most {record['export_deviation']:.1e}.

@@ -23,6 +23,7 @@ Runs are seeded: the same configuration and thread count give the same weights.
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class FinetuneResult:
     best_epoch: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     validation_embeddings: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    load_average: float = 0.0  # of the machine over the last 15 minutes of the run: it may be shared
 
     @property
     def best_precision(self) -> float:
@@ -227,6 +229,7 @@ def finetune(config: FinetuneConfig, cache_dir: Path | None = None) -> FinetuneR
     result.seconds = {"data and frozen features": features_s,
                       "training": sum(entry.seconds for entry in result.epochs),
                       "total": time.perf_counter() - started}
+    result.load_average = os.getloadavg()[2]
     log.info("best epoch %d: validation precision@%d %.4f (pretrained %.4f)", result.best_epoch, NEIGHBOURS,
              result.best_precision, result.pretrained_precision)
     return result
@@ -237,4 +240,4 @@ def card_record(result: FinetuneResult) -> dict[str, object]:
     return {"config": asdict(result.config), "train_images": len(result.data.train),
             "validation_images": len(result.data.validation), "pretrained_precision": result.pretrained_precision,
             "epochs": [asdict(entry) for entry in result.epochs], "best_epoch": result.best_epoch,
-            "seconds": result.seconds}
+            "seconds": result.seconds, "load_average": result.load_average}
