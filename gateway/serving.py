@@ -88,6 +88,7 @@ class AliasFollower:
         self._drain_s = settings.request_timeout_s + 1.0 if drain_s is None else drain_s
         self._initial = (serving.pipeline, serving.indexer)
         self._closing: set[asyncio.Task[None]] = set()
+        self._last_failure = ""
 
     async def run(self) -> None:
         """Checks the alias every ``poll_s`` seconds until cancelled."""
@@ -98,17 +99,21 @@ class AliasFollower:
     async def follow(self) -> bool:
         """Switches to the alias's target if it moved; True if it switched.
 
-        A failure (Triton does not serve the version yet, the collection cannot be opened) is logged and
-        retried at the next poll while the current pair keeps serving.
+        A failure (Triton does not serve the version yet, the collection cannot be opened) is logged once
+        and retried at every poll while the current pair keeps serving.
         """
         try:
             target = await self._aliases.target(self._settings.collection)
             if target is None or target == self._serving.collection:
                 return False
             pipeline, indexer = await self._open(target)
-        except (RecsysError, OSError) as error:
-            log.warning("catalog alias '%s' not followed yet: %s", self._settings.collection, error)
+        except Exception as error:  # noqa: BLE001 - e.g. a Qdrant server error: logged, retried at the next poll
+            if str(error) != self._last_failure:
+                self._last_failure = str(error)
+                log.warning("catalog alias '%s' not followed yet: %s", self._settings.collection, error,
+                            exc_info=not isinstance(error, RecsysError))
             return False
+        self._last_failure = ""
         previous = self._serving.pipeline
         self._serving.switch(pipeline, indexer)
         log.info("now serving collection '%s' with model %s (was '%s' with %s)", target, pipeline.embedder.info,
