@@ -72,3 +72,10 @@ demo: $(STUBS)
 
 clean:
 	rm -rf $(STUBS_DIR) model_repository/*/[0-9]* model_repository/*/config.pbtxt .pytest_cache
+
+## bench: every layer (model, Triton, gateway, Qdrant, Redis, ingestion) measured in one run on the same images,
+## written to reports/bench.json and reports/bench.md; BENCH_ARGS="--points 1000000" searches 1 M vectors,
+## BENCH_ARGS="--triton-variants 1x2,2x1" also compares Triton instance x thread counts, --smoke checks it runs
+.PHONY: bench
+bench: setup model
+	$(PY) -m bench $(BENCH_ARGS)

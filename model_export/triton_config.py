@@ -7,11 +7,19 @@ The local variant served by the bundled tritonserver (python backend only) is de
 INPUT_NAME = "images__0"
 OUTPUT_NAME = "embeddings__0"
 IMAGE_SIZE = 224
+# Serving settings chosen with `make bench` on 2 cores (README, Performance): one torch thread per model
+# instance and one instance per core, at batches of at most 4 images. With 2 threads in one instance,
+# any other work on the cores (the gateway's own, or a neighbour's) stalls the thread pool's barriers:
+# 1-2 images/s instead of 9-10 on a shared machine. On one thread, images/s fall past batch 4 (larger
+# batches outgrow the caches): batch 16 ran at 55 % and batch 32 at 41 % of the rate of batch 2-4.
+MAX_BATCH_SIZE = 4
+INSTANCES = 2
+INTRA_OP_THREADS = 1
 
 
-def render_config(name: str, backbone: str, dim: int, max_batch_size: int = 32,
-                  preferred_batch_sizes: tuple[int, ...] = (4, 8, 16), max_queue_delay_us: int = 2000,
-                  threads: int = 2) -> str:
+def render_config(name: str, backbone: str, dim: int, max_batch_size: int = MAX_BATCH_SIZE,
+                  preferred_batch_sizes: tuple[int, ...] = (MAX_BATCH_SIZE,), max_queue_delay_us: int = 2000,
+                  threads: int = INTRA_OP_THREADS, instances: int = INSTANCES) -> str:
     """Production config.pbtxt for Triton's PyTorch (libtorch) backend."""
     preferred = ", ".join(str(size) for size in preferred_batch_sizes)
     return f'''name: "{name}"
@@ -37,7 +45,7 @@ dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
 }}
-instance_group [ {{ count: 1, kind: KIND_AUTO }} ]
+instance_group [ {{ count: {instances}, kind: KIND_AUTO }} ]
 parameters: {{ key: "backbone", value: {{ string_value: "{backbone}" }} }}
 parameters: {{ key: "INTRA_OP_THREAD_COUNT", value: {{ string_value: "{threads}" }} }}
 parameters: {{ key: "INTER_OP_THREAD_COUNT", value: {{ string_value: "1" }} }}
