@@ -8,10 +8,10 @@ INPUT_NAME = "images__0"
 OUTPUT_NAME = "embeddings__0"
 IMAGE_SIZE = 224
 # Serving settings chosen with `make bench` on 2 cores (README, Performance): one torch thread per model
-# instance and one instance per core, at batches of at most 4 images. With 2 threads in one instance,
-# any other work on the cores (the gateway's own, or a neighbour's) stalls the thread pool's barriers:
-# 1-2 images/s instead of 9-10 on a shared machine. On one thread, images/s fall past batch 4 (larger
-# batches outgrow the caches): batch 16 ran at 55 % and batch 32 at 41 % of the rate of batch 2-4.
+# instance and one instance per core, at batches of at most 4 images. Two threads in one instance stall
+# on their thread pool's barriers whenever other work runs on the cores: 2-2.4 images/s where two
+# one-thread instances served 11-12. On one thread, images/s fall with the batch (larger batches outgrow
+# the caches): batch 16 ran at half and batch 32 at 37 % of the rate of batch 1.
 MAX_BATCH_SIZE = 4
 INSTANCES = 2
 INTRA_OP_THREADS = 1
