@@ -13,6 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from tritonclient.grpc import model_config_pb2
 
 MATMUL_SIZE = 1024
+PROFILED_PASSES = 5
 
 
 def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -87,13 +88,14 @@ def _op_group(name: str, shapes: list[list[int]]) -> str:
 
 
 def op_breakdown(module: torch.jit.ScriptModule, batch: torch.Tensor) -> tuple[float, list[OpShare]]:
-    """FLOPs per image, and the time and FLOPs of one forward pass grouped by kind of operator."""
+    """FLOPs per image, and the time and FLOPs of forward passes grouped by kind of operator."""
     with torch.inference_mode():
         module(batch)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as profiled:
-            module(batch)
+            for _ in range(PROFILED_PASSES):
+                module(batch)
     events = profiled.events()
-    roots = {id(event) for event in events if event.cpu_parent is None}
+    roots = {id(event) for event in events if event.cpu_parent is None}  # the passes' "forward" frames
     top_level = [event for event in events if event.cpu_parent is not None and id(event.cpu_parent) in roots]
     time_us: dict[str, float] = {}
     flops: dict[str, float] = {}
@@ -105,7 +107,7 @@ def op_breakdown(module: torch.jit.ScriptModule, batch: torch.Tensor) -> tuple[f
     shares = [OpShare(group, time_us[group] / total_time, flops[group] / total_flops,
                       flops[group] / time_us[group] / 1e3 if time_us[group] else 0.0)
               for group in sorted(time_us, key=time_us.__getitem__, reverse=True)]
-    return total_flops / len(batch), shares
+    return total_flops / len(batch) / PROFILED_PASSES, shares
 
 
 def bench_model(model_path: Path, pixels: np.ndarray, batch_sizes: Sequence[int], threads: tuple[int, int],

@@ -94,7 +94,7 @@ def _model_section(model: ModelReport) -> list[str]:
          f"{model.gflops_per_image:.3f} GFLOP per image; float32 matmul ceiling measured between passes: "
          f"{_f(model.matmul_gflops_per_s)} GFLOP/s."), "",
         *_table(["batch", "ms per batch", "images/s", "of ceiling"], rows),
-        f"Where one forward pass at batch {model.best.batch_size} spends its time (torch profiler):", "",
+        f"Where forward passes at batch {model.best.batch_size} spend their time (torch profiler):", "",
         *_table(["operators", "time", "FLOPs", "GFLOP/s"], ops),
     ]
 
