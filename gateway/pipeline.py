@@ -60,6 +60,14 @@ async def _nothing() -> list[Neighbour]:
     return []
 
 
+async def _answers(check: Awaitable[None]) -> bool:
+    try:
+        await check
+    except RecsysError:
+        return False
+    return True
+
+
 def _merge(query: np.ndarray, visual_hits: list[Neighbour], taste_hits: list[Neighbour]) -> list[Neighbour]:
     """Candidates from both searches, each scored by its cosine similarity to the query vector."""
     merged = {hit.item.product_id: hit for hit in visual_hits}
@@ -211,10 +219,15 @@ class Pipeline:
         return await self.catalog.delete(list(product_ids))
 
     async def ready(self) -> bool:
-        """True when the model is served and both stores answer."""
+        """True when the model is served and both stores answer; each one's state goes to the metrics."""
+        catalog_up, history_up, embedder_up = await asyncio.gather(
+            self._count_catalog(), _answers(self.history.ping()), self.embedder.ready())
+        self._metrics.record_dependencies(embedder=embedder_up, catalog=catalog_up, history=history_up)
+        return catalog_up and history_up and embedder_up
+
+    async def _count_catalog(self) -> bool:
         try:
-            products, _ = await asyncio.gather(self.catalog.count(), self.history.ping())
+            self._metrics.catalog_products.set(await self.catalog.count())
         except RecsysError:
             return False
-        self._metrics.catalog_products.set(products)
-        return await self.embedder.ready()
+        return True
