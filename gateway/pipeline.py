@@ -212,6 +212,17 @@ class Pipeline:
         """Removes everything stored about the user."""
         await self.history.forget(check_id("user_id", user_id))
 
+    async def product_image(self, product_id: str) -> bytes:
+        """The JPEG thumbnail the catalog stored for a product when it was ingested."""
+        check_id("product_id", product_id)
+        thumbnail = await self._within("catalog lookup", self._settings.search_timeout_s,
+                                       self.catalog.thumbnail(product_id))
+        if thumbnail is None:
+            raise NotFound(f"product {product_id!r} is not in the catalog")
+        if not thumbnail:
+            raise NotFound(f"product {product_id!r} was indexed without a picture; ingest it again to store one")
+        return thumbnail
+
     async def delete_products(self, product_ids: Sequence[str]) -> int:
         """Deletes products; returns how many existed."""
         for product_id in product_ids:

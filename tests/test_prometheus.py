@@ -7,6 +7,7 @@ recording rule and alert signal must return data. Stopping Redis must raise the 
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import re
@@ -118,8 +119,13 @@ async def prometheus(served, triton_server, tmp_path_factory) -> AsyncIterator[P
         try:
             async with httpx.AsyncClient(timeout=10) as client:
                 await wait_until_ready(process, f"{url}/-/ready", client, log_path)
-                await drive_traffic(served.target)
-                yield Prometheus(url, client)
+                await drive_traffic(served.target, TRAFFIC_ROUNDS)
+                background = asyncio.create_task(keep_traffic(served.target))
+                try:
+                    yield Prometheus(url, client)
+                finally:
+                    background.cancel()
+                    await asyncio.gather(background, return_exceptions=True)
         finally:
             process.terminate()
             await process.wait()
@@ -143,19 +149,25 @@ def requests(name: str) -> list[dict]:
     return json.loads((LOAD_DATA / name).read_text())
 
 
-async def drive_traffic(target: str) -> None:
-    """Every RPC the dashboards plot, spread over several scrapes (rates need two samples)."""
+def traffic() -> tuple[list[pb.RecordViewRequest], list[pb.RecommendRequest]]:
+    """The views and queries of deploy/load's request files: every RPC the dashboards plot."""
     views = [pb.RecordViewRequest(user_id=view["userId"], product_id=view["productId"])
              for view in requests("record-views.json")]
     queries = [pb.RecommendRequest(image=base64.b64decode(query["image"]), user_id=query.get("userId", ""))
                for query in requests("recommend-image.json")[:2]]
     queries += [pb.RecommendRequest(product_id=query["productId"]) for query in requests("recommend-product.json")]
     queries += [pb.RecommendRequest(user_id=query["userId"]) for query in requests("recommend-history.json")]
+    return views, queries
+
+
+async def drive_traffic(target: str, rounds: int) -> None:
+    """Views, then rounds of every query spread over several scrapes (rates need two samples); each must succeed."""
+    views, queries = traffic()
     async with grpc.aio.insecure_channel(target) as channel:
         recommender, catalog = pb_grpc.RecommenderStub(channel), pb_grpc.CatalogStub(channel)
         for view in views:
             await recommender.RecordView(view, timeout=10)
-        for round_ in range(TRAFFIC_ROUNDS):
+        for round_ in range(rounds):
             for query in queries:
                 await recommender.Recommend(query, timeout=30)
             await recommender.GetHistory(pb.GetHistoryRequest(user_id=views[0].user_id), timeout=10)
@@ -163,6 +175,21 @@ async def drive_traffic(target: str) -> None:
                 await recommender.Recommend(pb.RecommendRequest(product_id="no-such-product"), timeout=10)
             new = pb.Product(product_id=f"upserted-{round_}", category="Bag", image=queries[0].image)
             assert (await catalog.UpsertProducts(iter([new]), timeout=30)).upserted == 1
+            await asyncio.sleep(0.5)
+
+
+async def keep_traffic(target: str) -> None:
+    """Queries until cancelled, so every rate in a ratio keeps a non-zero denominator while the tests read them.
+
+    Failures are expected here (the last test stops Redis) and left to the tests that check statuses.
+    """
+    _, queries = traffic()
+    async with grpc.aio.insecure_channel(target) as channel:
+        recommender = pb_grpc.RecommenderStub(channel)
+        while True:
+            for query in queries:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await recommender.Recommend(query, timeout=30)
             await asyncio.sleep(0.5)
 
 

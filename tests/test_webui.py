@@ -24,7 +24,7 @@ from gateway.server import start_gateway
 from stack.net import free_port
 from tests.gateway_fixtures import PATIENT_TIMEOUTS, ServedGateway, served_gateway
 from webui import WebUI, listen_address, local_target, start_webui
-from webui.catalog_images import PRODUCT_ID, FashionMnistImages
+from webui.examples import PRODUCT_ID, FashionMnistImages
 from webui.server import MAX_UPLOAD_BYTES
 
 CATALOG_SIZE = 240
@@ -117,15 +117,25 @@ async def test_the_page_and_its_assets_are_local(http, webui):
     assert webui.url.startswith("http://127.0.0.1:")
 
 
-async def test_catalog_images_are_served_from_the_data_set_by_product_id(http, webui):
+async def test_product_pictures_come_from_the_gateway_by_product_id(http, webui):
     train = load_split("train")
     async with http.get(f"{webui.url}images/fmnist-train-000007") as response:
-        assert response.status == 200 and response.content_type == "image/png"
-        pixels = np.asarray(Image.open(io.BytesIO(await response.read())))
-    assert np.array_equal(pixels, train.images[7])
-    for unknown in ("fmnist-train-999999", "fmnist-valid-000001", "new-1", "..%2Fetc%2Fpasswd"):
+        assert response.status == 200 and response.content_type == "image/jpeg"
+        picture = Image.open(io.BytesIO(await response.read())).convert("L").resize((28, 28), Image.Resampling.BOX)
+    assert np.abs(np.asarray(picture, dtype=np.float32) - train.images[7]).mean() < 12
+    for unknown in ("fmnist-train-999999", "fmnist-test-000001", "new-1", "..%2Fetc%2Fpasswd"):
         async with http.get(f"{webui.url}images/{unknown}") as response:
             assert response.status == 404, unknown
+            assert "not in the catalog" in await response.text()
+
+
+async def test_example_photos_are_held_out_test_images(http, webui, test_split):
+    async with http.get(f"{webui.url}examples/fmnist-test-000007") as response:
+        assert response.status == 200 and response.content_type == "image/png"
+        pixels = np.asarray(Image.open(io.BytesIO(await response.read())))
+    assert np.array_equal(pixels, test_split.images[7])
+    async with http.get(f"{webui.url}examples/fmnist-test-999999") as response:
+        assert response.status == 404
 
 
 def test_image_ids_parse_as_the_data_set_names_them(test_split):
@@ -133,12 +143,14 @@ def test_image_ids_parse_as_the_data_set_names_them(test_split):
     assert match is not None and (match[1], int(match[2])) == ("test", 1234)
 
 
-async def test_without_the_data_set_the_page_has_no_examples_and_images_are_404(http, tmp_path):
+async def test_without_the_data_set_the_page_has_no_examples(http, tmp_path):
     async with serving(f"127.0.0.1:{free_port()}", FashionMnistImages(tmp_path)) as webui:
         async with http.get(f"{webui.url}api/options") as response:
             assert response.status == 200 and (await response.json())["examples"] == []
-        async with http.get(f"{webui.url}images/fmnist-train-000001") as response:
+        async with http.get(f"{webui.url}examples/fmnist-test-000001") as response:
             assert response.status == 404
+        async with http.get(f"{webui.url}images/fmnist-train-000001") as response:
+            assert response.status == 503  # no gateway answers there
 
 
 async def test_options_offer_every_category_and_one_held_out_example_of_each(http, webui):
@@ -159,7 +171,7 @@ async def test_recommend_returns_filtered_items_with_score_parts_and_image_urls(
     first = result["items"][0]
     assert first["score"] == pytest.approx(first["visual_score"])  # anonymous: no history parts
     async with http.get(webui.url + first["image_url"].lstrip("/")) as response:
-        assert response.status == 200
+        assert response.status == 200 and response.content_type == "image/jpeg"
 
 
 async def test_a_recorded_view_shows_in_the_history_and_changes_the_next_list(http, webui, test_split):
@@ -220,7 +232,7 @@ async def test_without_redis_the_list_is_visual_and_recording_views_is_a_503(htt
 
 
 class BrokenImages(FashionMnistImages):
-    """Catalog images with a bug: the page must answer a generic message without leaking the details."""
+    """Example images with a bug: the page must answer a generic message without leaking the details."""
 
     async def examples(self) -> list[tuple[str, str]]:
         raise RuntimeError("secret internal detail")
@@ -281,7 +293,7 @@ async def test_in_a_browser_an_upload_shows_results_and_a_click_changes_the_next
     await expect(cards).to_have_count(12)
     await expect(page.locator("#results-panel")).to_have_attribute("aria-busy", "false")
     await expect(page.locator("#query-image")).to_be_visible()
-    images_loaded = "imgs => imgs.every(i => i.complete && i.naturalWidth === 28)"
+    images_loaded = "imgs => imgs.every(i => i.complete && i.naturalWidth === 160)"
     await page.wait_for_function(f"({images_loaded})(Array.from(document.querySelectorAll('#results img')))")
     categories = await page.locator("#results .category").all_text_contents()
     assert sum(category in FOOTWEAR for category in categories) >= 9, categories

@@ -1,4 +1,6 @@
-"""The page's HTTP adapter: static files, catalog images, and JSON endpoints that call the gateway over gRPC.
+"""The page's HTTP adapter: static files, example photos, and endpoints that call the gateway over gRPC.
+
+Product pictures come from the gateway (Catalog.GetProductImage: what the catalog stored at ingestion).
 
 Every gateway error becomes a JSON ``{"error": message}`` with a matching HTTP status;
 the page shows the message. Anything unexpected is logged here and answered with a generic message.
@@ -17,7 +19,7 @@ from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.fashion_mnist import CLASS_NAMES
 
-from .catalog_images import FashionMnistImages
+from .examples import FashionMnistImages
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -46,7 +48,8 @@ EXPLANATION_OF = {
 }
 
 RECOMMENDER = web.AppKey("recommender", pb_grpc.RecommenderStub)
-IMAGES = web.AppKey("images", FashionMnistImages)
+CATALOG = web.AppKey("catalog", pb_grpc.CatalogStub)
+EXAMPLES = web.AppKey("examples", FashionMnistImages)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -84,6 +87,10 @@ def image_url(product_id: str) -> str:
     return f"/images/{quote(product_id, safe='')}"
 
 
+def example_url(example_id: str) -> str:
+    return f"/examples/{quote(example_id, safe='')}"
+
+
 def parse_limit(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
         raise BadRequest(f"The number of results must be a whole number from 1 to {MAX_LIMIT}.")
@@ -97,13 +104,13 @@ async def index(request: web.Request) -> web.FileResponse:
 async def options(request: web.Request) -> web.Response:
     """What the form offers: category names, example query images, limits."""
     try:
-        examples = await request.app[IMAGES].examples()
+        examples = await request.app[EXAMPLES].examples()
     except (FileNotFoundError, ValueError) as error:
         log.warning("no example images: %s", error)
         examples = []
     return web.json_response({
         "categories": list(CLASS_NAMES),
-        "examples": [{"product_id": product_id, "category": category, "image_url": image_url(product_id)}
+        "examples": [{"product_id": product_id, "category": category, "image_url": example_url(product_id)}
                      for product_id, category in examples],
         "default_limit": DEFAULT_LIMIT,
         "max_limit": MAX_LIMIT,
@@ -155,32 +162,44 @@ async def history(request: web.Request) -> web.Response:
 
 
 async def product_image(request: web.Request) -> web.Response:
-    """A catalog product's image as PNG; 404 for products whose images the catalog data does not hold."""
+    """A catalog product's picture as the gateway stored it; the gateway's status otherwise (404 if unknown)."""
+    wanted = pb.GetProductImageRequest(product_id=request.match_info["product_id"])
     try:
-        png = await request.app[IMAGES].png(request.match_info["product_id"])
+        image = await request.app[CATALOG].GetProductImage(wanted, timeout=RPC_TIMEOUT_S)
+    except grpc.aio.AioRpcError as error:
+        return web.Response(status=HTTP_STATUS_OF.get(error.code(), 502), text=error.details())
+    return web.Response(body=image.data, content_type=image.content_type, headers={"Cache-Control": "no-cache"})
+
+
+async def example_image(request: web.Request) -> web.Response:
+    """An example query photo as PNG; 404 for ids that are not Fashion-MNIST images."""
+    try:
+        png = await request.app[EXAMPLES].png(request.match_info["example_id"])
     except (FileNotFoundError, ValueError) as error:
-        log.warning("catalog images are unavailable: %s", error)
+        log.warning("example images are unavailable: %s", error)
         png = None
     if png is None:
-        raise web.HTTPNotFound(text="no image for this product")
+        raise web.HTTPNotFound(text="no such example")
     return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 
 
-def create_app(gateway_target: str, images: FashionMnistImages | None = None) -> web.Application:
+def create_app(gateway_target: str, examples: FashionMnistImages | None = None) -> web.Application:
     """The page's application; its gRPC channel to gateway_target opens at start-up and closes at clean-up."""
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_UPLOAD_BYTES)
-    app[IMAGES] = images or FashionMnistImages()
+    app[EXAMPLES] = examples or FashionMnistImages()
 
     async def channel_context(app: web.Application) -> AsyncIterator[None]:
         options = [("grpc.max_send_message_length", MAX_UPLOAD_BYTES)]
         async with grpc.aio.insecure_channel(gateway_target, options=options) as channel:
             app[RECOMMENDER] = pb_grpc.RecommenderStub(channel)
+            app[CATALOG] = pb_grpc.CatalogStub(channel)
             yield
 
     app.cleanup_ctx.append(channel_context)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR)
     app.router.add_get("/images/{product_id}", product_image)
+    app.router.add_get("/examples/{example_id}", example_image)
     app.router.add_get("/api/options", options)
     app.router.add_post("/api/recommend", recommend)
     app.router.add_post("/api/views", record_view)
@@ -200,9 +219,9 @@ class WebUI:
 
 
 async def start_webui(gateway_target: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                      images: FashionMnistImages | None = None) -> WebUI:
+                      examples: FashionMnistImages | None = None) -> WebUI:
     """Serves the page on host:port (port 0 picks a free one), talking to the gateway at gateway_target."""
-    runner = web.AppRunner(create_app(gateway_target, images), access_log=None)
+    runner = web.AppRunner(create_app(gateway_target, examples), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -1,4 +1,4 @@
-"""Catalog product images for the page, read from the catalog's own data (Fashion-MNIST) by product id."""
+"""Example query photos for the page: held-out Fashion-MNIST test images (never in the catalog), by id."""
 
 import asyncio
 import re
@@ -15,7 +15,7 @@ PRODUCT_ID = re.compile(r"fmnist-(train|test)-(\d{6})")
 
 
 class FashionMnistImages:
-    """PNG images of Fashion-MNIST products; each split is loaded on first use, off the event loop."""
+    """PNG images of Fashion-MNIST images by id; each split is loaded on first use, off the event loop."""
 
     def __init__(self, directory: Path | None = None) -> None:
         self._directory = directory
