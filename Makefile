@@ -79,3 +79,18 @@ clean:
 .PHONY: bench
 bench: setup model
 	$(PY) -m bench $(BENCH_ARGS)
+
+## webui: the web page (http://127.0.0.1:8080 unless WEBUI_HOST/WEBUI_PORT say otherwise) against a running gateway
+GATEWAY ?= localhost:50051
+.PHONY: webui
+webui: $(STUBS)
+	$(PY) -m webui --gateway $(GATEWAY)
+
+## load: a k6 profile against a running gateway (`make run`): PROFILE=smoke|steady|ramp|spike, RATE (req/s), DURATION
+PROFILE ?= steady
+.PHONY: load
+load: $(VENV)/.installed
+	mkdir -p reports
+	$(VENV)/bin/k6 run --env PROFILE=$(PROFILE) --env TARGET=$(GATEWAY) $(if $(RATE),--env RATE=$(RATE)) \
+		$(if $(DURATION),--env DURATION=$(DURATION)) --summary-export=reports/load-$(PROFILE).json \
+		deploy/load/k6/recommend.js
