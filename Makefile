@@ -92,3 +92,25 @@ rollout: setup model
 ## rollback: switch the catalog back to the previous model version's collection (or VERSION=N)
 rollback: setup
 	$(PY) -m stack.rollout back $(if $(VERSION),--version $(VERSION))
+
+## bench: every layer (model, Triton, gateway, Qdrant, Redis, ingestion) measured in one run on the same images,
+## written to reports/bench.json and reports/bench.md; BENCH_ARGS="--points 1000000" searches 1 M vectors,
+## BENCH_ARGS="--triton-variants 1x2,2x1" also compares Triton instance x thread counts, --smoke checks it runs
+.PHONY: bench
+bench: setup model
+	$(PY) -m bench $(BENCH_ARGS)
+
+## webui: the web page (http://127.0.0.1:8080 unless WEBUI_HOST/WEBUI_PORT say otherwise) against a running gateway
+GATEWAY ?= localhost:50051
+.PHONY: webui
+webui: $(STUBS)
+	$(PY) -m webui --gateway $(GATEWAY)
+
+## load: a k6 profile against a running gateway (`make run`): PROFILE=smoke|steady|ramp|spike, RATE (req/s), DURATION
+PROFILE ?= steady
+.PHONY: load
+load: $(VENV)/.installed
+	mkdir -p reports
+	$(VENV)/bin/k6 run --env PROFILE=$(PROFILE) --env TARGET=$(GATEWAY) $(if $(RATE),--env RATE=$(RATE)) \
+		$(if $(DURATION),--env DURATION=$(DURATION)) --summary-export=reports/load-$(PROFILE).json \
+		deploy/load/k6/recommend.js

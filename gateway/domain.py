@@ -21,12 +21,13 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class CatalogItem:
-    """A catalog product with its embedding."""
+    """A catalog product with its embedding; `thumbnail` (JPEG) is set when storing, not when searching."""
 
     product_id: str
     category: str
     vector: np.ndarray
     attributes: Mapping[str, str] = field(default_factory=dict)
+    thumbnail: bytes = b""
 
 
 @dataclass(frozen=True)

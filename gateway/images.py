@@ -28,6 +28,9 @@ from model_export.triton_config import IMAGE_SIZE
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _FORMAT_NAMES = "JPEG, PNG, WebP, GIF or BMP"
 _WHITE = (255, 255, 255)
+# Catalog thumbnails: 160 px fill a result tile of the web page; about 2-6 KB each as JPEG.
+THUMBNAIL_SIZE = 160
+THUMBNAIL_TYPE = "image/jpeg"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,14 @@ def to_model_input(image: Image.Image) -> np.ndarray:
     output = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     _fit_into(_to_rgb(image), output)
     return output
+
+
+def encode_thumbnail(pixels: np.ndarray) -> bytes:
+    """The picture the catalog keeps of a product: its model input [224, 224, 3] as a small JPEG."""
+    buffer = io.BytesIO()
+    thumbnail = Image.fromarray(pixels).resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
+    thumbnail.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .domain import CatalogItem, InvalidArgument
-from .images import ImageLimits, preprocess
+from .images import ImageLimits, encode_thumbnail, preprocess
 from .metrics import Metrics
 from .ports import CatalogStore, Embedder
 from .validation import check_id
@@ -66,6 +66,7 @@ class Indexer:
             products = [p for p in products if p.product_id not in present]
         accepted: list[NewProduct] = []
         pixels: list[np.ndarray] = []
+        thumbnails: list[bytes] = []
         decoded = await asyncio.gather(*(self._decode(p) for p in products), return_exceptions=True)
         for product, result in zip(products, decoded):
             if isinstance(result, InvalidArgument):
@@ -74,19 +75,24 @@ class Indexer:
                 raise result
             else:
                 accepted.append(product)
-                pixels.append(result)
+                pixels.append(result[0])
+                thumbnails.append(result[1])
         if accepted:
             vectors = await self._embedder.embed(np.stack(pixels), self._embed_timeout_s)
-            await self._catalog.upsert([CatalogItem(p.product_id, p.category, vector, dict(p.attributes))
-                                        for p, vector in zip(accepted, vectors)])
+            await self._catalog.upsert([CatalogItem(p.product_id, p.category, vector, dict(p.attributes), thumbnail)
+                                        for p, vector, thumbnail in zip(accepted, vectors, thumbnails)])
             self._metrics.products_ingested.inc(len(accepted))
             report.stored = len(accepted)
         return report
 
-    async def _decode(self, product: NewProduct) -> np.ndarray:
+    async def _decode(self, product: NewProduct) -> tuple[np.ndarray, bytes]:
+        """The product's model input and thumbnail, made in the decode pool."""
         check_id("product_id", product.product_id)
         check_id("category", product.category)
-        if isinstance(product.image, np.ndarray):
-            return product.image
         return await asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, preprocess, product.image, self._limits)
+            self._decode_pool, _pixels_and_thumbnail, product.image, self._limits)
+
+
+def _pixels_and_thumbnail(image: bytes | np.ndarray, limits: ImageLimits) -> tuple[np.ndarray, bytes]:
+    pixels = image if isinstance(image, np.ndarray) else preprocess(image, limits)
+    return pixels, encode_thumbnail(pixels)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Stage latencies range from ~50 µs (history) to a few seconds (embedding under load).
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 STAGES = ("decode", "embed", "search", "history", "rerank", "total")
+DEGRADABLE_STAGES = ("history",)
 
 
 class Metrics:
@@ -28,10 +29,20 @@ class Metrics:
         self.degraded = Counter(
             "recsys_degraded_responses_total", "Responses that skipped a stage because a dependency failed.",
             ["stage"], registry=registry)
+        for stage in DEGRADABLE_STAGES:
+            self.degraded.labels(stage)  # exported as 0 from the start, so ratios exist before the first failure
+        self.dependency_up = Gauge(
+            "recsys_dependency_up", "1 when the dependency answered the last health check, else 0.",
+            ["dependency"], registry=registry)
         self.products_ingested = Counter(
             "recsys_products_ingested_total", "Catalog products embedded and stored.", registry=registry)
         self.catalog_products = Gauge(
             "recsys_catalog_products", "Products in the catalog collection.", registry=registry)
+
+    def record_dependencies(self, *, embedder: bool, catalog: bool, history: bool) -> None:
+        """Exports whether each dependency answered the last health check."""
+        for dependency, up in (("embedder", embedder), ("catalog", catalog), ("history", history)):
+            self.dependency_up.labels(dependency).set(1 if up else 0)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

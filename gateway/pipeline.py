@@ -61,6 +61,14 @@ async def _nothing() -> list[Neighbour]:
     return []
 
 
+async def _answers(check: Awaitable[None]) -> bool:
+    try:
+        await check
+    except RecsysError:
+        return False
+    return True
+
+
 def _merge(query: np.ndarray, visual_hits: list[Neighbour], taste_hits: list[Neighbour]) -> list[Neighbour]:
     """Candidates from both searches, each scored by its cosine similarity to the query vector."""
     merged = {hit.item.product_id: hit for hit in visual_hits}
@@ -211,6 +219,17 @@ class Pipeline:
         """Removes everything stored about the user."""
         await self.history.forget(check_id("user_id", user_id))
 
+    async def product_image(self, product_id: str) -> bytes:
+        """The JPEG thumbnail the catalog stored for a product when it was ingested."""
+        check_id("product_id", product_id)
+        thumbnail = await self._within("catalog lookup", self._settings.search_timeout_s,
+                                       self.catalog.thumbnail(product_id))
+        if thumbnail is None:
+            raise NotFound(f"product {product_id!r} is not in the catalog")
+        if not thumbnail:
+            raise NotFound(f"product {product_id!r} was indexed without a picture; ingest it again to store one")
+        return thumbnail
+
     async def delete_products(self, product_ids: Sequence[str]) -> int:
         """Deletes products; returns how many existed."""
         for product_id in product_ids:
@@ -218,10 +237,15 @@ class Pipeline:
         return await self.catalog.delete(list(product_ids))
 
     async def ready(self) -> bool:
-        """True when the model is served and both stores answer."""
+        """True when the model is served and both stores answer; each one's state goes to the metrics."""
+        catalog_up, history_up, embedder_up = await asyncio.gather(
+            self._count_catalog(), _answers(self.history.ping()), self.embedder.ready())
+        self._metrics.record_dependencies(embedder=embedder_up, catalog=catalog_up, history=history_up)
+        return catalog_up and history_up and embedder_up
+
+    async def _count_catalog(self) -> bool:
         try:
-            products, _ = await asyncio.gather(self.catalog.count(), self.history.ping())
+            self._metrics.catalog_products.set(await self.catalog.count())
         except RecsysError:
             return False
-        self._metrics.catalog_products.set(products)
-        return await self.embedder.ready()
+        return True

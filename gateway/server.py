@@ -31,6 +31,8 @@ from .serving import Serving, follow_alias, serving_target
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Recommender", "Catalog"))
+# SERVING for as long as the server answers: a liveness probe, unlike readiness, ignores the backends.
+LIVENESS_SERVICE = "liveness"
 HEALTH_POLL_S = 2.0
 SHUTDOWN_GRACE_S = 10.0
 
@@ -114,6 +116,7 @@ async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings
     health_servicer = health.aio.HealthServicer()
     for service in ("", *SERVICES):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address or settings.grpc_address)

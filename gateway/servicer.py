@@ -7,6 +7,7 @@ import grpc
 from .api.recsys.v1 import recsys_pb2 as pb
 from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from .domain import InvalidArgument
+from .images import THUMBNAIL_TYPE
 from .indexer import IndexReport, Indexer, NewProduct
 from .pipeline import Pipeline, RecommendQuery
 from .serving import Serving
@@ -97,6 +98,11 @@ class CatalogServicer(pb_grpc.CatalogServicer):
             raise InvalidArgument(f"product {product_id!r}: {reason}; the upsert stopped there "
                                   f"after storing {so_far.stored + report.stored} valid products")
         return report
+
+    async def GetProductImage(self, request: pb.GetProductImageRequest, context: grpc.aio.ServicerContext
+                              ) -> pb.ProductImage:
+        data = await self._pipeline.product_image(request.product_id)
+        return pb.ProductImage(product_id=request.product_id, content_type=THUMBNAIL_TYPE, data=data)
 
     async def DeleteProducts(self, request: pb.DeleteProductsRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteProductsResponse:

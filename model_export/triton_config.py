@@ -8,11 +8,19 @@ INPUT_NAME = "images__0"
 OUTPUT_NAME = "embeddings__0"
 IMAGE_SIZE = 224
 SERVED_VERSIONS = 2
+# Serving settings chosen with `make bench` on 2 cores (README, Performance): one torch thread per model
+# instance and one instance per core, at batches of at most 4 images. Two threads in one instance stall
+# on their thread pool's barriers whenever other work runs on the cores: 2-2.4 images/s where two
+# one-thread instances served 11-12. On one thread, images/s fall with the batch (larger batches outgrow
+# the caches): batch 16 ran at half and batch 32 at 37 % of the rate of batch 1.
+MAX_BATCH_SIZE = 4
+INSTANCES = 2
+INTRA_OP_THREADS = 1
 
 
-def render_config(name: str, backbone: str, dim: int, max_batch_size: int = 32,
-                  preferred_batch_sizes: tuple[int, ...] = (4, 8, 16), max_queue_delay_us: int = 2000,
-                  threads: int = 2) -> str:
+def render_config(name: str, backbone: str, dim: int, max_batch_size: int = MAX_BATCH_SIZE,
+                  preferred_batch_sizes: tuple[int, ...] = (MAX_BATCH_SIZE,), max_queue_delay_us: int = 2000,
+                  threads: int = INTRA_OP_THREADS, instances: int = INSTANCES) -> str:
     """Production config.pbtxt for Triton's PyTorch (libtorch) backend.
 
     Every version folder of the model shares this config, so all versions take the same input and
@@ -43,7 +51,7 @@ dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
 }}
-instance_group [ {{ count: 1, kind: KIND_AUTO }} ]
+instance_group [ {{ count: {instances}, kind: KIND_AUTO }} ]
 parameters: {{ key: "backbone", value: {{ string_value: "{backbone}" }} }}
 parameters: {{ key: "INTRA_OP_THREAD_COUNT", value: {{ string_value: "{threads}" }} }}
 parameters: {{ key: "INTER_OP_THREAD_COUNT", value: {{ string_value: "1" }} }}

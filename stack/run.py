@@ -27,6 +27,7 @@ from gateway.metrics import Metrics
 from gateway.server import open_pipeline, serve
 from stack.redis import RedisServer
 from stack.triton import TritonServer
+from webui import listen_address, local_target, start_webui
 
 log = logging.getLogger("stack")
 MODEL_REPOSITORY = Path("model_repository")
@@ -135,7 +136,11 @@ async def run_serve(settings: Settings, demo_size: int) -> None:
                 await build_index(pipeline.catalog)
             except FailedPrecondition as refusal:
                 log.error("demo catalog not indexed: %s", refusal)
-    await serve(settings)
+    webui = await start_webui(local_target(settings.grpc_address), *listen_address(os.environ))
+    try:
+        await serve(settings)
+    finally:
+        await webui.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -182,6 +182,17 @@ async def test_delete_counts_existing_products_and_removes_them(store: CatalogSt
     assert await store.delete(nearest) == 0
 
 
+async def test_thumbnails_are_kept_apart_from_what_searches_read(store: CatalogStore) -> None:
+    pictured = replace(ITEMS[0], thumbnail=b"\xff\xd8 a JPEG's bytes \x00\xff")
+    await store.upsert([pictured, ITEMS[1]])
+    assert await store.thumbnail(pictured.product_id) == pictured.thumbnail
+    assert await store.thumbnail(ITEMS[1].product_id) == b""
+    assert await store.thumbnail("sku-never-added") is None
+    hits = await store.search(pictured.vector, 2)
+    found = await store.retrieve([pictured.product_id])
+    assert [hit.item.thumbnail for hit in hits] == [b"", b""] and found[pictured.product_id].thumbnail == b""
+
+
 async def test_retrieve_returns_stored_items_and_omits_missing_ones(loaded: CatalogStore) -> None:
     wanted = [ITEMS[5].product_id, ITEMS[7].product_id, "sku-never-added"]
     found = await loaded.retrieve(wanted)

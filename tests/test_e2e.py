@@ -29,6 +29,7 @@ from gateway.pipeline import Pipeline, RecommendQuery
 from gateway.server import Gateway, open_pipeline, start_gateway
 from stack.net import free_port
 from stack.run import index_demo_catalog
+from tests.gateway_fixtures import PATIENT_TIMEOUTS
 
 CATALOG_SIZE = 2000
 QUERIES = 100
@@ -58,7 +59,7 @@ def catalog_ids_by_category():
 @pytest.fixture(scope="module")
 async def stack(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[tuple[Gateway, Metrics, Settings]]:
     settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url,
-                        data_dir=tmp_path_factory.mktemp("data"))
+                        data_dir=tmp_path_factory.mktemp("data"), **PATIENT_TIMEOUTS)
     metrics = Metrics(CollectorRegistry())
     async with open_pipeline(settings, metrics) as (pipeline, indexer):
         await index_demo_catalog(indexer, CATALOG_SIZE, batch_size=16)
@@ -172,6 +173,29 @@ async def test_upsert_and_delete_are_visible_at_once(channel, recommender, test_
     assert deleted.deleted == 2
     after = await recommend(recommender, image=image, limit=10)
     assert "new-1" not in {item.product_id for item in after.items}
+
+
+async def test_every_product_has_the_picture_it_was_ingested_with(channel, test_split):
+    catalog = pb_grpc.CatalogStub(channel)
+    photo = np.zeros((90, 60, 3), dtype=np.uint8)
+    photo[...] = (200, 30, 40)  # a red product shot, taller than wide
+
+    async def stream():
+        yield pb.Product(product_id="red-dress", image=png(photo), category="Dress")
+
+    assert (await catalog.UpsertProducts(stream(), timeout=30)).upserted == 1
+    for product_id, expected in (("red-dress", (200, 30, 40)), ("fmnist-train-000000", None)):
+        image = await catalog.GetProductImage(pb.GetProductImageRequest(product_id=product_id), timeout=10)
+        assert image.product_id == product_id and image.content_type == "image/jpeg"
+        pixels = np.asarray(Image.open(io.BytesIO(image.data)).convert("RGB"), dtype=np.float32)
+        assert pixels.shape == (160, 160, 3)
+        if expected is not None:  # the centre is the product, whatever the padding
+            np.testing.assert_allclose(pixels[60:100, 60:100].mean(axis=(0, 1)), expected, atol=8)
+    await catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["red-dress"]), timeout=5)
+    for product_id, code in (("red-dress", grpc.StatusCode.NOT_FOUND), ("", grpc.StatusCode.INVALID_ARGUMENT)):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await catalog.GetProductImage(pb.GetProductImageRequest(product_id=product_id), timeout=10)
+        assert error.value.code() == code
 
 
 async def test_upsert_of_a_bad_image_is_refused_with_the_product_named(channel):

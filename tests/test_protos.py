@@ -15,7 +15,7 @@ def test_generated_stubs_do_not_drift_from_the_proto():
 def test_contract_names_that_clients_rely_on():
     services = recsys_pb2.DESCRIPTOR.services_by_name
     assert set(services["Recommender"].methods_by_name) == {"Recommend", "RecordView", "GetHistory", "ForgetUser"}
-    assert set(services["Catalog"].methods_by_name) == {"UpsertProducts", "DeleteProducts"}
+    assert set(services["Catalog"].methods_by_name) == {"UpsertProducts", "DeleteProducts", "GetProductImage"}
     assert services["Catalog"].methods_by_name["UpsertProducts"].client_streaming
     query = recsys_pb2.RecommendRequest.DESCRIPTOR.oneofs_by_name["query"]
     assert {field.name for field in query.fields} == {"image", "product_id"}

@@ -21,6 +21,7 @@ TINY_BACKBONE = "tiny-test"
 TINY_DIM = 16
 FLOAT_INPUT_MODEL = "float_input"
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+TINY_MAX_BATCH_SIZE = 32  # above the message-size cap that test_triton.py sets, so that the cap shows
 QUEUE_DELAY_US = 20_000  # long enough for concurrent test requests to meet in one dynamic batch
 
 
@@ -53,7 +54,8 @@ def write_test_repository(repository: Path) -> Path:
     module = torch.jit.script(TinyEmbedder(TINY_DIM).eval())
 
     def config(name: str) -> str:
-        return render_config(name, backbone=TINY_BACKBONE, dim=TINY_DIM, max_queue_delay_us=QUEUE_DELAY_US)
+        return render_config(name, backbone=TINY_BACKBONE, dim=TINY_DIM, max_batch_size=TINY_MAX_BATCH_SIZE,
+                             max_queue_delay_us=QUEUE_DELAY_US)
 
     add_model(repository, TINY_MODEL, config(TINY_MODEL), module)
     add_model(repository, FLOAT_INPUT_MODEL, config(FLOAT_INPUT_MODEL).replace("TYPE_UINT8", "TYPE_FP32"), module)

@@ -31,6 +31,8 @@ from qdrant_edge import (
 from gateway.catalog.store import (
     CATEGORY_FIELD,
     EXACT_SEARCH_MAX_POINTS,
+    ITEM_FIELDS,
+    THUMBNAIL_FIELD,
     check_limit,
     checked_items,
     checked_vector,
@@ -39,8 +41,10 @@ from gateway.catalog.store import (
     item_from_point,
     model_from_record,
     model_record,
+    point_id,
     point_ids,
     read_json,
+    thumbnail_from_payload,
     write_json_atomically,
 )
 from gateway.domain import CatalogItem, ModelInfo, Neighbour, RecsysError, Unavailable
@@ -112,6 +116,10 @@ class EdgeCatalog:
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
         return await self._in_thread(self._retrieve, product_ids, with_vectors) if product_ids else {}
+
+    async def thumbnail(self, product_id: str) -> bytes | None:
+        """The product's stored JPEG thumbnail, b"" if it was stored without one, None if it is not stored."""
+        return await self._in_thread(self._thumbnail, product_id)
 
     async def count(self) -> int:
         """Number of products in the shard."""
@@ -212,7 +220,7 @@ class EdgeCatalog:
             limit=limit,
             query=Query.Nearest(checked_vector(vector, model.dim)),
             filter=_filter(categories, exclude_ids),
-            with_payload=True,
+            with_payload=ITEM_FIELDS,
             with_vector=True,
             params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
         )
@@ -223,9 +231,15 @@ class EdgeCatalog:
     def _retrieve(self, product_ids: Sequence[str], with_vectors: bool) -> dict[str, CatalogItem]:
         shard, _ = self._opened()
         with self._engine_errors():
-            records = shard.retrieve(point_ids(product_ids), with_payload=True, with_vector=with_vectors)
+            records = shard.retrieve(point_ids(product_ids), with_payload=ITEM_FIELDS, with_vector=with_vectors)
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
+
+    def _thumbnail(self, product_id: str) -> bytes | None:
+        shard, _ = self._opened()
+        with self._engine_errors():
+            records = shard.retrieve([point_id(product_id)], with_payload=[THUMBNAIL_FIELD], with_vector=False)
+        return thumbnail_from_payload(records[0].payload) if records else None
 
     def _count(self) -> int:
         shard, _ = self._opened()

@@ -35,6 +35,9 @@ class RefusedCatalog:
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         raise self._reason
 
+    async def thumbnail(self, product_id: str) -> bytes | None:
+        raise self._reason
+
     async def count(self) -> int:
         raise self._reason
 

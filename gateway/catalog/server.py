@@ -14,6 +14,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from gateway.catalog.store import (
     CATEGORY_FIELD,
     EXACT_SEARCH_MAX_POINTS,
+    ITEM_FIELDS,
+    THUMBNAIL_FIELD,
     check_limit,
     checked_items,
     checked_vector,
@@ -22,7 +24,9 @@ from gateway.catalog.store import (
     item_from_point,
     model_from_record,
     model_record,
+    point_id,
     point_ids,
+    thumbnail_from_payload,
 )
 from gateway.domain import (
     CatalogItem,
@@ -116,7 +120,7 @@ class QdrantClientCatalog:
                 query=query,
                 query_filter=_filter(categories, exclude_ids),
                 limit=limit,
-                with_payload=True,
+                with_payload=ITEM_FIELDS,
                 with_vectors=True,
             )
         return [Neighbour(item_from_point(hit.payload, hit.vector), hit.score) for hit in response.points]
@@ -127,10 +131,18 @@ class QdrantClientCatalog:
             return {}
         with self._server_errors():
             records = await self._client.retrieve(
-                self.collection, point_ids(product_ids), with_payload=True, with_vectors=with_vectors
+                self.collection, point_ids(product_ids), with_payload=ITEM_FIELDS, with_vectors=with_vectors
             )
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
+
+    async def thumbnail(self, product_id: str) -> bytes | None:
+        """The product's stored JPEG thumbnail, b"" if it was stored without one, None if it is not stored."""
+        with self._server_errors():
+            records = await self._client.retrieve(
+                self.collection, [point_id(product_id)], with_payload=[THUMBNAIL_FIELD], with_vectors=False
+            )
+        return thumbnail_from_payload(records[0].payload) if records else None
 
     async def count(self) -> int:
         """Number of products in the collection."""

@@ -1,5 +1,6 @@
 """The catalog store interface and what its backends share: point ids, payloads, checks, model records."""
 
+import base64
 import json
 import os
 import uuid
@@ -16,6 +17,9 @@ from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, Mod
 # only for collections this large (exact search over 20,000 x 1280-d points takes ~13 ms here).
 EXACT_SEARCH_MAX_POINTS = 20_000
 CATEGORY_FIELD = "category"
+THUMBNAIL_FIELD = "thumbnail"
+# The payload fields searches and lookups read: everything but the thumbnail.
+ITEM_FIELDS = ["product_id", CATEGORY_FIELD, "attributes"]
 REINDEX_COMMAND = "`make index RECREATE=1`"
 
 _POINT_ID_NAMESPACE = uuid.UUID("6f0c5c1e-3b7a-5d2e-9a41-0d7f3c2b8e15")
@@ -51,6 +55,9 @@ class CatalogStore(Protocol):
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
 
+    async def thumbnail(self, product_id: str) -> bytes | None:
+        """The product's stored JPEG thumbnail, b"" if it was stored without one, None if it is not stored."""
+
     async def count(self) -> int:
         """Number of products in the collection."""
 
@@ -73,7 +80,15 @@ def point_ids(product_ids: Iterable[str]) -> list[str]:
 
 def payload_of(item: CatalogItem) -> dict[str, Any]:
     """The point payload stored for a product."""
-    return {"product_id": item.product_id, CATEGORY_FIELD: item.category, "attributes": dict(item.attributes)}
+    payload = {"product_id": item.product_id, CATEGORY_FIELD: item.category, "attributes": dict(item.attributes)}
+    if item.thumbnail:
+        payload[THUMBNAIL_FIELD] = base64.b64encode(item.thumbnail).decode("ascii")
+    return payload
+
+
+def thumbnail_from_payload(payload: Mapping[str, Any] | None) -> bytes:
+    """The thumbnail in a payload read with THUMBNAIL_FIELD, b"" when the product has none."""
+    return base64.b64decode((payload or {}).get(THUMBNAIL_FIELD, ""))
 
 
 def item_from_point(payload: Mapping[str, Any] | None, vector: object) -> CatalogItem:

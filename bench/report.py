@@ -1,0 +1,224 @@
+"""The benchmark's result: targets checked, then written as JSON and as Markdown."""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.model import ModelReport
+from bench.profiling import Profile
+from bench.serving import Comparison, LayerSummary
+from bench.stats import Latency
+from bench.storage import IngestReport
+from bench.variants import VariantResult
+from bench.vectors import VectorReport
+
+TARGET_POINTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float
+    limit: float
+    at_least: bool
+    unit: str = ""
+    note: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    model: ModelReport
+    serving: list[Comparison]
+    gateway_stage_ms: dict[str, float]
+    profile: Profile
+    vectors: VectorReport
+    history: Latency
+    ingestion: IngestReport
+    triton_variants: list[VariantResult]
+
+    def targets(self) -> list[Target]:
+        low, saturated = self.serving[0], self.serving[-1]
+        points = self.vectors.points
+        at_size = "" if points == TARGET_POINTS else f"measured at {points:,} points; the target is at 1 M"
+        return [
+            Target(f"gateway ÷ Triton throughput at concurrency {saturated.concurrency}",
+                   saturated.throughput_ratio, 0.90, True),
+            Target(f"gateway − Triton p50 at concurrency {low.concurrency}", low.added_p50_ms, 5.0, False, " ms"),
+            Target("vector search p99", self.vectors.search.p99_ms, 10.0, False, " ms", at_size),
+            Target("vector search recall@10", self.vectors.recall_at_10, 0.95, True, "", at_size),
+            Target("history fetch p99", self.history.p99_ms, 1.0, False, " ms"),
+            Target(f"ingestion ÷ model at its best batch size ({self.model.best.batch_size})",
+                   self.ingestion.images_per_s / self.model.best.images_per_s, 0.90, True),
+            Target("model FLOP/s ÷ matmul ceiling at the best batch size",
+                   self.model.best.fraction_of_ceiling, 0.50, True),
+        ]
+
+    def to_json(self) -> str:
+        document = dataclasses.asdict(self)
+        document["targets"] = [{**dataclasses.asdict(target), "met": target.met} for target in self.targets()]
+        return json.dumps(document, indent=2)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _latency_cells(summary: LayerSummary) -> list[str]:
+    return [_f(summary.throughput_per_s), _f(summary.p50_ms), _f(summary.p95_ms), _f(summary.p99_ms)]
+
+
+def _cpu(summary: LayerSummary) -> str:
+    return ", ".join(f"{role} {_f(ms)}" for role, ms in sorted(summary.cpu_ms_per_request.items()))
+
+
+def _model_section(model: ModelReport) -> list[str]:
+    rows = [[str(b.batch_size), _f(b.ms_per_batch), _f(b.images_per_s), f"{b.fraction_of_ceiling:.1%}"]
+            for b in model.batches]
+    ops = [[op.group, f"{op.time_share:.1%}", f"{op.flop_share:.1%}", _f(op.gflops_per_s)] for op in model.ops]
+    return [
+        "## 1. The TorchScript model in-process", "",
+        (f"Torch threads as served: {model.intra_op_threads} intra-op, {model.inter_op_threads} inter-op. "
+         f"{model.gflops_per_image:.3f} GFLOP per image; float32 matmul ceiling measured between passes: "
+         f"{_f(model.matmul_gflops_per_s)} GFLOP/s."), "",
+        *_table(["batch", "ms per batch", "images/s", "of ceiling"], rows),
+        f"Where forward passes at batch {model.best.batch_size} spend their time (torch profiler):", "",
+        *_table(["operators", "time", "FLOPs", "GFLOP/s"], ops),
+    ]
+
+
+def _serving_section(report: BenchReport) -> list[str]:
+    summaries = [summary for comparison in report.serving for summary in (comparison.triton, comparison.gateway)]
+    rows = [[s.layer, str(s.concurrency), *_latency_cells(s), str(s.requests), str(s.errors), _cpu(s)]
+            for s in summaries]
+    failures = [f"First failure of {s.layer} at concurrency {s.concurrency}: {s.first_error}"
+                for s in summaries if s.errors]
+    ratios = [[str(c.concurrency), f"{c.throughput_ratio:.3f}", _f(c.added_p50_ms),
+               ", ".join(f"{ratio:.3f}" for ratio in c.ratio_by_round)] for c in report.serving]
+    stages = ", ".join(f"{stage} {_f(ms, 2)}" for stage, ms in report.gateway_stage_ms.items())
+    return [
+        "## 2-3. Triton alone and the gateway end to end", "",
+        ("Closed loop, one image per request; Triton alone gets the tensor the gateway would send, the gateway "
+         "gets the PNG and a shopper id with recorded views. The two alternate within each round; values are "
+         "medians over rounds, CPU is milliseconds per request by process."), "",
+        *_table(["layer", "concurrency", "requests/s", "p50 ms", "p95 ms", "p99 ms", "answered", "failed",
+                 "CPU ms/request"], rows),
+        *failures, *([""] if failures else []),
+        *_table(["concurrency", "gateway ÷ Triton throughput", "gateway − Triton p50 ms", "ratio by round"], ratios),
+        f"Gateway stage means (ms, from its Prometheus histograms over these runs): {stages}.", "",
+    ]
+
+
+def _variants_section(results: list[VariantResult]) -> list[str]:
+    if not results:
+        return []
+    rows = [[r.variant, str(r.concurrency), _f(r.throughput_per_s), _f(r.p50_ms), _f(r.p99_ms), str(r.errors)]
+            for r in results]
+    return [
+        "## Triton instance and thread variants", "",
+        ("Triton alone, the served config with only the instance count x intra-op threads changed; all variants "
+         "served at once and measured in alternating turns (medians over rounds)."), "",
+        *_table(["instances x threads", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows),
+    ]
+
+
+def _profile_section(profile: Profile) -> list[str]:
+    groups = [[share.name, f"{share.share:.1%}"] for share in profile.groups]
+    hottest = [[f"`{share.name}`", f"{share.share:.1%}"] for share in profile.hottest_functions]
+    return [
+        "## Gateway profile (py-spy)", "",
+        (f"{profile.samples} samples over {_f(profile.duration_s)} s at the highest concurrency: the gateway's "
+         f"Python threads kept {profile.busy_cores:.2f} cores busy on average. Collapsed stacks (open in "
+         f"speedscope.app or flamegraph.pl): `{Path(profile.flame_graph_input).name}`."), "",
+        *_table(["where", "samples"], groups),
+        *_table(["hottest functions (self)", "samples"], hottest),
+    ]
+
+
+def _percentiles(latency: Latency) -> str:
+    return (f"{_f(latency.p50_ms, 2)} / {_f(latency.p95_ms, 2)} / {_f(latency.p99_ms, 2)} ms "
+            f"({latency.samples} queries)")
+
+
+def _vector_section(vectors: VectorReport) -> list[str]:
+    return [
+        "## 4. Vector search (embedded Qdrant engine)", "",
+        (f"{vectors.points:,} points of dimension {vectors.dim} (perturbed mixtures of the image set's real "
+         f"embeddings); {vectors.search_mode} search as shipped (exact up to {vectors.exact_search_max_points:,} "
+         f"points, HNSW ef={vectors.hnsw_ef} above)."), "",
+        *_table(["measure", "value (latency: p50 / p95 / p99)"], [
+            ["upsert", f"{_f(vectors.upsert_points_per_s, 0)} points/s"],
+            ["index build (optimize)", f"{_f(vectors.index_build_s)} s"],
+            ["top-10 search (catalog adapter, as the gateway calls it)", _percentiles(vectors.search)],
+            ["recall@10 against exact (numpy)", f"{vectors.recall_at_10:.3f}"],
+            [f"top-{vectors.pool_size} search (the gateway's candidate pool, adapter)", _percentiles(vectors.pool_search)],
+            ["top-10 search in the engine alone (results not turned into Python objects)",
+             _percentiles(vectors.engine_search)],
+            ["exact top-10 search", _percentiles(vectors.exact_search)],
+            ["resident memory per million vectors", f"{_f(vectors.rss_mib_per_million / 1024, 2)} GiB"],
+            ["disk per million vectors", f"{_f(vectors.disk_mib_per_million / 1024, 2)} GiB"],
+        ]),
+    ]
+
+
+def _storage_section(history: Latency, ingestion: IngestReport) -> list[str]:
+    return [
+        "## 5. History fetch and bulk ingestion", "",
+        *_table(["measure", "value"], [
+            ["history fetch (50 views) p50 / p99",
+             f"{history.p50_ms * 1000:,.0f} / {history.p99_ms * 1000:,.0f} µs ({history.samples} fetches)"],
+            ["bulk ingestion",
+             f"{_f(ingestion.images_per_s)} images/s ({ingestion.images} PNG images in batches of {ingestion.batch_size})"],
+        ]),
+    ]
+
+
+def _targets_section(targets: list[Target]) -> list[str]:
+    def value(target: Target) -> str:
+        return f"{target.value:.3g}{target.unit}"
+
+    rows = [[target.name, value(target), f"{'≥' if target.at_least else '≤'} {target.limit:g}{target.unit}",
+             "met" if target.met else "**not met**", target.note] for target in targets]
+    return _table(["target", "measured", "goal", "", "note"], rows)
+
+
+def to_markdown(report: BenchReport) -> str:
+    machine = report.machine
+    lines = [
+        "# Benchmark", "",
+        (f"`{machine['command']}` on {machine['cpu']} ({machine['cores']} cores), {machine['started']}, Python "
+         f"{machine['python']}, torch {machine['torch']}. Load average {machine['load_before']} before the run and "
+         f"{machine['load_after']} after it: above {machine['cores']}, other processes competed for the cores. "
+         "Every layer ran on the same images in this one run."), "",
+        *_targets_section(report.targets()),
+        *_model_section(report.model),
+        *_serving_section(report),
+        *_variants_section(report.triton_variants),
+        *_profile_section(report.profile),
+        *_vector_section(report.vectors),
+        *_storage_section(report.history, report.ingestion),
+        "## Settings measured", "",
+        *_table(["setting", "value"], [[name, f"`{value}`"] for name, value in report.settings.items()]),
+    ]
+    return "\n".join(lines)
+
+
+def write(report: BenchReport, folder: Path, name: str = "bench") -> tuple[Path, Path]:
+    """Writes `<name>.json` and `<name>.md` into folder; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(report.to_json())
+    markdown_path.write_text(to_markdown(report))
+    return json_path, markdown_path

@@ -1,0 +1,228 @@
+"""Layers 2 and 3: Triton alone and the gateway end to end, at the same concurrency, in alternating rounds."""
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from bench.processes import cpu_seconds_by_role
+from bench.stats import LoadResult, closed_loop, warm_up
+from bench.workload import ImageSet
+from gateway.api.recsys.v1 import recsys_pb2 as pb
+from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from gateway.domain import ModelInfo
+from model_export.triton_config import INPUT_NAME, OUTPUT_NAME
+from stack.net import free_port
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+TIMEOUT_S = 30.0
+STAGE_METRIC = "recsys_stage_duration_seconds"
+WARMUP_ROUNDS = 2  # the first calls of a batch shape are slow (TorchScript specialises the graph)
+FAILURES = (grpc.aio.AioRpcError, InferenceServerException)
+
+
+class TritonLoad:
+    """Sends image i of the set to Triton as one [1, 224, 224, 3] request, as the gateway does."""
+
+    def __init__(self, url: str, model: ModelInfo, images: ImageSet) -> None:
+        self._client = InferenceServerClient(url, channel_args=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                                                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self._model = model
+        self._pixels = images.pixels
+
+    async def send(self, index: int) -> None:
+        request = InferInput(INPUT_NAME, [1, *self._pixels.shape[1:]], "UINT8")
+        request.set_data_from_numpy(self._pixels[index % len(self._pixels)][np.newaxis])
+        await self._client.infer(self._model.name, [request], model_version=self._model.version,
+                                 outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=TIMEOUT_S)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class GatewayLoad:
+    """Sends image i of the set to the gateway's Recommend as a shopper with recorded views."""
+
+    def __init__(self, address: str, images: ImageSet, users: int) -> None:
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._png = images.png
+        self._users = users
+
+    @staticmethod
+    def user(index: int) -> str:
+        return f"bench-user-{index}"
+
+    async def record_views(self, product_ids: Sequence[str], per_user: int) -> None:
+        """Gives every shopper `per_user` recorded views of catalog products."""
+        for user in range(self._users):
+            for view in range(per_user):
+                product_id = product_ids[(user * per_user + view) % len(product_ids)]
+                await self._stub.RecordView(pb.RecordViewRequest(user_id=self.user(user), product_id=product_id),
+                                            timeout=TIMEOUT_S)
+
+    async def send(self, index: int) -> None:
+        await self._stub.Recommend(pb.RecommendRequest(image=self._png[index % len(self._png)], limit=10,
+                                                       user_id=self.user(index % self._users)), timeout=TIMEOUT_S)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+@dataclass(frozen=True)
+class GatewayProcess:
+    pid: int
+    address: str
+    metrics_url: str
+
+
+def _wait_serving(process: subprocess.Popen[bytes], address: str, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {process.returncode}; see {log_path}")
+            with contextlib.suppress(grpc.RpcError):
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise RuntimeError(f"the gateway was not SERVING after {timeout_s:.0f} s; see {log_path}")
+
+
+@contextlib.contextmanager
+def gateway_process(triton_url: str, redis_url: str, data_dir: Path, log_path: Path,
+                    timeout_s: float = 120.0) -> Iterator[GatewayProcess]:
+    """The gateway as `make run` starts it (`python -m stack.run serve`), in its own process, on free ports."""
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "TRITON_URL": triton_url, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir),
+           "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port), "DEMO_CATALOG_SIZE": "0"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "stack.run", "serve"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        _wait_serving(process, f"127.0.0.1:{port}", log_path, timeout_s)
+        yield GatewayProcess(process.pid, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def stage_seconds(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) of each pipeline stage in the gateway's Prometheus exposition."""
+    found: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != STAGE_METRIC:
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name == f"{STAGE_METRIC}_sum":
+                found.setdefault(stage, [0.0, 0.0])[0] = sample.value
+            elif sample.name == f"{STAGE_METRIC}_count":
+                found.setdefault(stage, [0.0, 0.0])[1] = sample.value
+    return {stage: (total, count) for stage, (total, count) in found.items()}
+
+
+def stage_means_ms(before: Mapping[str, tuple[float, float]], after: Mapping[str, tuple[float, float]]
+                   ) -> dict[str, float]:
+    """Mean milliseconds per stage between two scrapes."""
+    means = {}
+    for stage, (total, count) in after.items():
+        total_before, count_before = before.get(stage, (0.0, 0.0))
+        if count > count_before:
+            means[stage] = (total - total_before) / (count - count_before) * 1000
+    return means
+
+
+@dataclass(frozen=True)
+class ServingRun:
+    """One closed-loop run of one layer, and the CPU milliseconds each process spent per request."""
+
+    layer: str
+    round: int
+    load: LoadResult
+    cpu_ms_per_request: dict[str, float]
+
+
+async def measured(layer: str, round_: int, send: Callable[[int], Awaitable[object]], concurrency: int,
+                   duration_s: float, roles: Mapping[int, str]) -> ServingRun:
+    """A closed-loop run of `send`, after a warm-up, with the CPU each role spent during it."""
+    await warm_up(send, concurrency, WARMUP_ROUNDS)
+    before = cpu_seconds_by_role(roles)
+    load = await closed_loop(send, concurrency, duration_s, FAILURES)
+    after = cpu_seconds_by_role(roles)
+    cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}
+    return ServingRun(layer, round_, load, cpu)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """Medians over rounds of one layer at one concurrency."""
+
+    layer: str
+    concurrency: int
+    throughput_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    first_error: str
+    cpu_ms_per_request: dict[str, float]
+
+
+def summarize_layer(runs: Sequence[ServingRun]) -> LayerSummary:
+    roles = sorted({role for run in runs for role in run.cpu_ms_per_request})
+    return LayerSummary(
+        runs[0].layer, runs[0].load.concurrency,
+        statistics.median(run.load.throughput_per_s for run in runs),
+        statistics.median(run.load.latency.p50_ms for run in runs),
+        statistics.median(run.load.latency.p95_ms for run in runs),
+        statistics.median(run.load.latency.p99_ms for run in runs),
+        sum(run.load.requests for run in runs),
+        sum(run.load.errors for run in runs),
+        next((run.load.first_error for run in runs if run.load.errors), ""),
+        {role: statistics.median(run.cpu_ms_per_request.get(role, 0.0) for run in runs) for role in roles})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Gateway against Triton alone at one concurrency, from runs that alternated round by round."""
+
+    concurrency: int
+    triton: LayerSummary
+    gateway: LayerSummary
+    throughput_ratio: float
+    added_p50_ms: float
+    ratio_by_round: list[float]
+
+
+def compare(runs: Sequence[ServingRun], concurrency: int) -> Comparison:
+    """Ratios are taken within each round (same machine state), then the median over rounds."""
+    at = [run for run in runs if run.load.concurrency == concurrency]
+    triton = sorted((run for run in at if run.layer == "triton"), key=lambda run: run.round)
+    gateway = sorted((run for run in at if run.layer == "gateway"), key=lambda run: run.round)
+    ratios = [g.load.throughput_per_s / t.load.throughput_per_s for t, g in zip(triton, gateway)]
+    added = [g.load.latency.p50_ms - t.load.latency.p50_ms for t, g in zip(triton, gateway)]
+    return Comparison(concurrency, summarize_layer(triton), summarize_layer(gateway), statistics.median(ratios),
+                      statistics.median(added), ratios)

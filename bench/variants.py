@@ -1,0 +1,86 @@
+"""Optional: Triton alone under other instance and thread counts, to tune the served config from measurements."""
+
+import contextlib
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from bench.model import read_model_config
+from bench.serving import FAILURES, WARMUP_ROUNDS, TritonLoad
+from bench.stats import LoadResult, closed_loop, warm_up
+from bench.workload import ImageSet
+from gateway.domain import ModelInfo
+from stack.triton import TritonServer
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Model instances, each running torch on `threads` intra-op threads."""
+
+    instances: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        """`2x1`: two instances of one thread each."""
+        instances, _, threads = text.partition("x")
+        return cls(int(instances), int(threads))
+
+    def __str__(self) -> str:
+        return f"{self.instances}x{self.threads}"
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: str
+    concurrency: int
+    throughput_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def write_variant(repository: Path, model_name: str, variant: Variant, target: Path) -> Path:
+    """A repository serving the same model.pt with the served config changed to `variant` only."""
+    config = read_model_config(repository / model_name / "config.pbtxt")
+    del config.instance_group[1:]
+    config.instance_group[0].count = variant.instances
+    config.parameters["INTRA_OP_THREAD_COUNT"].string_value = str(variant.threads)
+    (target / model_name / "1").mkdir(parents=True)
+    (target / model_name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (target / model_name / "1" / "model.pt").symlink_to((repository / model_name / "1" / "model.pt").resolve())
+    return target
+
+
+def _summary(variant: Variant, runs: Sequence[LoadResult]) -> VariantResult:
+    return VariantResult(str(variant), runs[0].concurrency, statistics.median(r.throughput_per_s for r in runs),
+                         statistics.median(r.latency.p50_ms for r in runs),
+                         statistics.median(r.latency.p99_ms for r in runs), sum(r.errors for r in runs))
+
+
+async def compare_variants(repository: Path, model: ModelInfo, variants: Sequence[Variant], images: ImageSet,
+                           concurrencies: Sequence[int], duration_s: float, rounds: int, work: Path
+                           ) -> list[VariantResult]:
+    """Every variant served at once (an idle server uses no CPU), measured in turns that alternate order
+    every round, so that each sees the same machine; medians over rounds."""
+    runs: dict[tuple[Variant, int], list[LoadResult]] = {}
+    with contextlib.ExitStack() as stack:
+        loads = []
+        for variant in variants:
+            variant_repository = write_variant(repository, model.name, variant, work / f"variant-{variant}")
+            server = stack.enter_context(TritonServer(variant_repository, work_dir=work / f"triton-{variant}"))
+            loads.append((variant, TritonLoad(server.grpc_url, model, images)))
+        try:
+            for round_ in range(rounds):
+                for concurrency in concurrencies:
+                    for variant, load in loads if round_ % 2 == 0 else reversed(loads):
+                        await warm_up(load.send, concurrency, WARMUP_ROUNDS)
+                        result = await closed_loop(load.send, concurrency, duration_s, FAILURES)
+                        runs.setdefault((variant, concurrency), []).append(result)
+        finally:
+            for _, load in loads:
+                await load.close()
+    return [_summary(variant, runs[variant, concurrency]) for concurrency in concurrencies for variant in variants]

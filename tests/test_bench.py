@@ -1,0 +1,117 @@
+"""The benchmark (`make bench`): its pure parts, and the whole command in smoke mode against real servers."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bench.model import read_model_config
+from bench.profiling import summarize_stacks
+from bench.serving import stage_means_ms, stage_seconds
+from bench.stats import summarize
+from bench.variants import Variant, write_variant
+from bench.vectors import K, _merge_top
+from bench.workload import catalog_chunks, perturbed_embeddings
+from gateway.metrics import Metrics
+from model_export.triton_config import local_config, render_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("## 1. The TorchScript model in-process", "## 2-3. Triton alone and the gateway end to end",
+            "## Gateway profile (py-spy)", "## 4. Vector search", "## 5. History fetch and bulk ingestion",
+            "## Settings measured")
+
+
+def test_percentiles_are_in_milliseconds() -> None:
+    latency = summarize([0.001 * value for value in range(1, 101)])
+    assert (latency.p50_ms, latency.samples) == (pytest.approx(50.5), 100)
+    assert latency.p99_ms == pytest.approx(99.01)
+
+
+def test_generated_vectors_are_unit_length_near_their_seed_and_reproducible() -> None:
+    rng = np.random.default_rng(0)
+    seeds = rng.standard_normal((20, 64)).astype(np.float32)
+    seeds /= np.linalg.norm(seeds, axis=1, keepdims=True)
+    vectors, origin = perturbed_embeddings(seeds, 500, np.random.default_rng(1))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    closeness = np.einsum("ij,ij->i", vectors, seeds[origin])
+    assert closeness.min() > 0.5 and np.mean(closeness > (vectors @ seeds.T).mean(axis=1)) == 1.0
+    first = [chunk.copy() for _, chunk, _ in catalog_chunks(seeds, 250, 100)]
+    again = [chunk for _, chunk, _ in catalog_chunks(seeds, 250, 100)]
+    assert [len(chunk) for chunk in first] == [100, 100, 50]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_running_top_k_over_chunks_equals_one_exact_search() -> None:
+    rng = np.random.default_rng(2)
+    queries, points = rng.standard_normal((7, 16)), rng.standard_normal((95, 16))
+    best = (np.full((7, 0), -np.inf), np.zeros((7, 0), dtype=np.int64))
+    for offset in range(0, len(points), 30):
+        best = _merge_top(best, queries @ points[offset:offset + 30].T, offset)
+    expected = np.argsort(-(queries @ points.T), axis=1)[:, :K]
+    assert np.array_equal(best[1], expected)
+
+
+def test_stacks_are_charged_to_the_first_matching_group() -> None:
+    collapsed = (
+        "main (stack/run.py:1);Pipeline._search (gateway/pipeline.py:2);_search (gateway/catalog/edge.py:3) 6\n"
+        "main (stack/run.py:1);preprocess (gateway/images.py:4);resize (PIL/Image.py:5) 3\n"
+        "Thread._bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:2) 1\n")
+    samples, groups, hottest = summarize_stacks(collapsed, duration_s=1.0)
+    assert samples == 10
+    assert [(share.name, share.share) for share in groups] == [
+        ("catalog search and lookup (Qdrant engine)", 0.6), ("image decode", 0.3),
+        ("event loop and thread hand-offs", 0.1)]
+    assert hottest[0].name == "_search (gateway/catalog/edge.py:3)"
+
+
+def test_stage_means_come_from_the_gateways_histogram_deltas() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.stage_seconds.labels("embed").observe(0.5)
+    before = stage_seconds(generate_latest(metrics.registry).decode())
+    for seconds in (0.02, 0.04):
+        metrics.stage_seconds.labels("embed").observe(seconds)
+    metrics.stage_seconds.labels("search").observe(0.003)
+    after = stage_seconds(generate_latest(metrics.registry).decode())
+    assert stage_means_ms(before, after) == {"embed": pytest.approx(30.0), "search": pytest.approx(3.0)}
+
+
+def test_a_variant_changes_only_instances_and_threads(tmp_path: Path) -> None:
+    production = tmp_path / "production"
+    (production / "m" / "1").mkdir(parents=True)
+    (production / "m" / "config.pbtxt").write_text(render_config("m", "tiny", 8))
+    (production / "m" / "1" / "model.pt").write_bytes(b"weights")
+    variant = write_variant(production, "m", Variant.parse("3x2"), tmp_path / "variant")
+    original, changed = (read_model_config(root / "m" / "config.pbtxt") for root in (production, variant))
+    assert [group.count for group in changed.instance_group] == [3]
+    assert changed.parameters["INTRA_OP_THREAD_COUNT"].string_value == "2"
+    del original.instance_group[:], changed.instance_group[:]
+    del original.parameters["INTRA_OP_THREAD_COUNT"], changed.parameters["INTRA_OP_THREAD_COUNT"]
+    assert changed == original
+    assert 'backend: "python"' in local_config((variant / "m" / "config.pbtxt").read_text())
+    assert (variant / "m" / "1" / "model.pt").read_bytes() == b"weights"
+
+
+@pytest.mark.slow
+def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    markdown = (tmp_path / "bench.md").read_text()
+    for section in SECTIONS:
+        assert section in markdown
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert [batch["batch_size"] for batch in document["model"]["batches"]] == [1, 4]
+    assert document["model"]["gflops_per_image"] > 0.1
+    assert [c["concurrency"] for c in document["serving"]] == [1, 2]
+    for comparison in document["serving"]:
+        assert comparison["triton"]["requests"] > 0 and comparison["gateway"]["requests"] > 0
+    assert document["vectors"]["points"] == 300 and 0 <= document["vectors"]["recall_at_10"] <= 1
+    assert document["history"]["samples"] == 50 and document["ingestion"]["images"] == 16
+    assert len(document["targets"]) == 7 and all("met" in target for target in document["targets"])
+    assert document["profile"]["samples"] > 0
+    assert (tmp_path / "bench-gateway-stacks.txt").read_text().strip()
