@@ -26,7 +26,7 @@ def generate(out_dir: Path) -> list[Path]:
             f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    generated = sorted(p for p in out_dir.rglob("*_pb2*.py*"))
+    generated = sorted(p for p in out_dir.rglob("*_pb2*") if p.suffix in (".py", ".pyi"))  # not __pycache__
     for path in generated:
         path.write_text(_ABSOLUTE_IMPORT.sub(r"from . import \1", path.read_text()))
     return generated
