@@ -32,6 +32,12 @@ class Metrics:
             "recsys_products_ingested_total", "Catalog products embedded and stored.", registry=registry)
         self.catalog_products = Gauge(
             "recsys_catalog_products", "Products in the catalog collection.", registry=registry)
+        self.in_flight = Gauge(
+            "recsys_in_flight", "Work in progress under an admission limit (requests, image queries).", ["work"],
+            registry=registry)
+        self.backend_up = Gauge(
+            "recsys_backend_up", "1 when the backend answered the last health poll, else 0.", ["backend"],
+            registry=registry)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
