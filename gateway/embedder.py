@@ -42,7 +42,7 @@ def domain_error(error: InferenceServerException, action: str, timeout_s: float)
         return DeadlineExceeded(f"{action}: Triton did not answer within {timeout_s:.3g} s")
     if status == "RESOURCE_EXHAUSTED" or "maximum queue size" in message:
         return ResourceExhausted(f"{action}: Triton is overloaded ({message}); retry later")
-    return Unavailable(f"{action}: {status or 'error'}: {message}")
+    return Unavailable(f"{action}: Triton failed ({status or 'error'}: {message}); retry later")
 
 
 async def _checked(call: Awaitable[T], action: str, timeout_s: float) -> T:

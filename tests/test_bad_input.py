@@ -16,7 +16,7 @@ from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.images import ImageLimits
 from gateway.validation import MAX_ATTRIBUTES, MAX_FILTER_CATEGORIES, MAX_ID_LENGTH, MAX_IDS_PER_REQUEST
-from tests.gateway_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
+from tests.reliability_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
 from tests.test_images import FORMATS, REFUSALS, encode, noise
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

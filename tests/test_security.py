@@ -22,7 +22,7 @@ from gateway.auth import SCOPE_OF_METHOD, Authenticator, authenticator_for
 from gateway.config import Settings
 from gateway.domain import PermissionDenied, Unauthenticated
 from stack.net import free_port
-from tests.gateway_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
+from tests.reliability_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
 
 READER = "reader-token-0123456789abcdef"
 WRITER = "writer-token-0123456789abcdef"
