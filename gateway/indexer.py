@@ -11,7 +11,7 @@ from .domain import CatalogItem, InvalidArgument
 from .images import ImageLimits, preprocess
 from .metrics import Metrics
 from .ports import CatalogStore, Embedder
-from .validation import check_id
+from .validation import check_attributes, check_id
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class Indexer:
     async def _decode(self, product: NewProduct) -> np.ndarray:
         check_id("product_id", product.product_id)
         check_id("category", product.category)
+        check_attributes(product.attributes)
         if isinstance(product.image, np.ndarray):
             return product.image
         return await asyncio.get_running_loop().run_in_executor(

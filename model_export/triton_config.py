@@ -11,8 +11,12 @@ IMAGE_SIZE = 224
 
 def render_config(name: str, backbone: str, dim: int, max_batch_size: int = 32,
                   preferred_batch_sizes: tuple[int, ...] = (4, 8, 16), max_queue_delay_us: int = 2000,
-                  threads: int = 2) -> str:
-    """Production config.pbtxt for Triton's PyTorch (libtorch) backend."""
+                  threads: int = 2, max_queue_size: int = 64) -> str:
+    """Production config.pbtxt for Triton's PyTorch (libtorch) backend.
+
+    The dynamic batcher's queue holds at most max_queue_size requests; Triton refuses the excess at
+    once ("Exceeds maximum queue size"), which the gateway answers as RESOURCE_EXHAUSTED.
+    """
     preferred = ", ".join(str(size) for size in preferred_batch_sizes)
     return f'''name: "{name}"
 platform: "pytorch_libtorch"
@@ -36,6 +40,7 @@ output [
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
+  default_queue_policy {{ max_queue_size: {max_queue_size} }}
 }}
 instance_group [ {{ count: 1, kind: KIND_AUTO }} ]
 parameters: {{ key: "backbone", value: {{ string_value: "{backbone}" }} }}

@@ -16,6 +16,7 @@ from qdrant_edge import (
     EdgeOptimizersConfig,
     EdgeShard,
     EdgeVectorParams,
+    FacetRequest,
     FieldCondition,
     Filter,
     HasIdCondition,
@@ -111,6 +112,10 @@ class EdgeCatalog:
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
         return await self._in_thread(self._retrieve, product_ids, with_vectors) if product_ids else {}
+
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        """The categories among `categories` that at least one product has."""
+        return await self._in_thread(self._existing_categories, categories) if categories else set()
 
     async def count(self) -> int:
         """Number of products in the shard."""
@@ -225,6 +230,12 @@ class EdgeCatalog:
             records = shard.retrieve(point_ids(product_ids), with_payload=True, with_vector=with_vectors)
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
+
+    def _existing_categories(self, categories: Sequence[str]) -> set[str]:
+        shard, _ = self._opened()
+        request = FacetRequest(key=CATEGORY_FIELD, limit=len(categories), filter=_filter(categories, ()))
+        with self._engine_errors():
+            return {hit.value for hit in shard.facet(request).hits}
 
     def _count(self) -> int:
         shard, _ = self._opened()

@@ -34,6 +34,9 @@ class RefusedCatalog:
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         raise self._reason
 
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        raise self._reason
+
     async def count(self) -> int:
         raise self._reason
 

@@ -132,6 +132,15 @@ class QdrantClientCatalog:
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
 
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        """The categories among `categories` that at least one product has."""
+        if not categories:
+            return set()
+        with self._server_errors():
+            response = await self._client.facet(self._collection, CATEGORY_FIELD,
+                                                facet_filter=_filter(categories, ()), limit=len(categories), exact=True)
+        return {str(hit.value) for hit in response.hits}
+
     async def count(self) -> int:
         """Number of products in the collection."""
         with self._server_errors():

@@ -49,6 +49,9 @@ class CatalogStore(Protocol):
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
 
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        """The categories among `categories` that at least one product has."""
+
     async def count(self) -> int:
         """Number of products in the collection."""
 
