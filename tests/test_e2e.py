@@ -29,6 +29,7 @@ from gateway.pipeline import Pipeline, RecommendQuery
 from gateway.server import Gateway, open_pipeline, start_gateway
 from stack.net import free_port
 from stack.run import index_demo_catalog
+from tests.gateway_fixtures import PATIENT_TIMEOUTS
 
 CATALOG_SIZE = 2000
 QUERIES = 100
@@ -58,7 +59,7 @@ def catalog_ids_by_category():
 @pytest.fixture(scope="module")
 async def stack(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[tuple[Gateway, Metrics, Settings]]:
     settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url,
-                        data_dir=tmp_path_factory.mktemp("data"))
+                        data_dir=tmp_path_factory.mktemp("data"), **PATIENT_TIMEOUTS)
     metrics = Metrics(CollectorRegistry())
     async with open_pipeline(settings, metrics) as (pipeline, indexer):
         await index_demo_catalog(indexer, CATALOG_SIZE, batch_size=16)
