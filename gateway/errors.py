@@ -87,8 +87,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 with self._admission.slot() if self._admission else contextlib.nullcontext():
                     return await behaviour(parse(request), context)
             except domain.RecsysError as error:
-                code = status_of(error)
-                await context.abort(code, str(error))
+                code, message = status_of(error), str(error)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -96,12 +95,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception:
-                code = grpc.StatusCode.INTERNAL
+                code, message = grpc.StatusCode.INTERNAL, "internal error; the server logged the details"
                 log.exception("unhandled error in %s", method)
-                await context.abort(code, "internal error; the server logged the details")
             finally:
                 self._metrics.requests.labels(method, code.name).inc()
                 self._metrics.request_seconds.labels(method).observe(time.perf_counter() - start)
+            # Outside the except blocks, so that the abort does not chain the error, whose traceback
+            # would keep the failed request (up to the message size limit) alive until a full GC.
+            del request
+            await context.abort(code, message)
 
         return handle
 

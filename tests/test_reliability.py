@@ -29,6 +29,7 @@ from tests.triton_fixtures import start_triton
 pytestmark = pytest.mark.slow
 PRODUCT = "fmnist-train-000003"
 RECOVERY_BOUND_S = 5.0
+FAST_S = 2.0  # well below the 5 s request timeout, with room for a machine shared with other work
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ async def test_redis_stopped_mid_load_degrades_recommend_fails_record_view_and_b
     views = [o for o in during if o.kind == "view"]
     assert recommends and all(o.code == "OK" and o.degraded == ("history",) for o in recommends)
     assert views and all(o.code == "UNAVAILABLE" for o in views), "a view is never acknowledged without Redis"
-    assert max(o.seconds for o in during) < 1.0, "failures are fast"
+    assert max(o.seconds for o in during) < FAST_S, "failures are fast"
     last_failure = max(o.ended for o in outcomes if o.code != "OK" or o.degraded)
     recovery_s = max(0.0, last_failure - up)
     print(f"Redis down {back - down:.1f} s: {len(recommends)} degraded recommendations, {len(views)} refused views; "
@@ -160,8 +161,8 @@ async def test_a_hung_redis_costs_recommend_its_history_budget_only_and_record_v
                                                    timeout=5))
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
-    assert recommend.code == "OK" and recommend.degraded == ("history",) and recommend.seconds < 1.0, recommend
-    assert view.code == "UNAVAILABLE" and view.seconds < 1.0, view
+    assert recommend.code == "OK" and recommend.degraded == ("history",) and recommend.seconds < FAST_S, recommend
+    assert view.code == "UNAVAILABLE" and view.seconds < FAST_S, view
     await until_ok(lambda: timed("view", stub.RecordView(pb.RecordViewRequest(user_id="u-slow", product_id=PRODUCT),
                                                          timeout=5)))
 

@@ -308,8 +308,8 @@ async def test_user_ids_never_appear_in_clear_in_logs_metrics_or_the_redis_log(
     user = "private-person-4242"
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     caplog.set_level(logging.DEBUG)
-    for redis_url in (redis_server.url, dead_redis):
-        async with running_gateway(tiny_settings(tiny_triton.grpc_url, redis_url, tmp_path / redis_url[-5:]),
+    for number, redis_url in enumerate((redis_server.url, dead_redis)):
+        async with running_gateway(tiny_settings(tiny_triton.grpc_url, redis_url, tmp_path / str(number)),
                                    SMALL_CATALOG) as running:
             async with grpc.aio.insecure_channel(running.target) as channel:
                 stub = pb_grpc.RecommenderStub(channel)
