@@ -2,6 +2,7 @@
 killed mid-run and resumed ends with exactly the right set of products."""
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -27,8 +28,8 @@ from tests.reliability_fixtures import Running, running_gateway, tiny_settings
 from tests.triton_fixtures import TINY_MODEL
 
 pytestmark = pytest.mark.slow
-USERS = 40
 CATALOG = 64
+VIEWS_PER_USER = 50  # the history cap
 INGEST_LIMIT = 400
 
 
@@ -40,17 +41,21 @@ def own_redis(tmp_path_factory) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 async def running(tiny_triton, own_redis, tmp_path_factory) -> AsyncIterator[Running]:
-    settings = tiny_settings(tiny_triton.grpc_url, own_redis.url, tmp_path_factory.mktemp("data"))
+    # Patient stage budgets: on a loaded machine a slow catalog lookup or fsync must not refuse views
+    # here; this suite is about what happens to acknowledged ones.
+    settings = tiny_settings(tiny_triton.grpc_url, own_redis.url, tmp_path_factory.mktemp("data"),
+                             search_timeout_s=5.0, history_timeout_s=2.0)
     async with running_gateway(settings, CATALOG) as running:
         yield running
 
 
 async def test_no_acknowledged_view_is_lost_when_redis_server_is_killed(running, own_redis):
-    """Views go to distinct (user, product) pairs, at most 50 per user (the history cap), so every
-    acknowledged one must be found afterwards. SIGKILL gives Redis no chance to flush at exit."""
+    """Every view goes to a distinct (user, product) pair, at most 50 per user (the history cap), so
+    every acknowledged one must be found afterwards. SIGKILL gives Redis no chance to flush at exit.
+    Refused views use up pairs too, and fast, so the pairs never run out: a new user every 50."""
     train = load_split("train")
-    products = [train.product_id(index) for index in range(CATALOG)]
-    pairs = iter([(f"durable-user-{n % USERS}", products[n // USERS]) for n in range(USERS * 50)])
+    products = [train.product_id(index) for index in range(VIEWS_PER_USER)]
+    pairs = ((f"durable-user-{n // VIEWS_PER_USER}", products[n % VIEWS_PER_USER]) for n in itertools.count())
     acknowledged: list[tuple[str, str]] = []
 
     async with grpc.aio.insecure_channel(running.target) as channel:
@@ -71,16 +76,19 @@ async def test_no_acknowledged_view_is_lost_when_redis_server_is_killed(running,
         await asyncio.sleep(0.5)
         await asyncio.to_thread(own_redis.start)
         outcomes = await load
+        after_restart = await closed_loop(record, workers=4, seconds=1)
         stored = set()
         for user in {user for user, _ in acknowledged}:
             history = await stub.GetHistory(pb.GetHistoryRequest(user_id=user), timeout=5)
             stored |= {(user, view.product_id) for view in history.views}
     lost = set(acknowledged) - stored
     refused = sum(o.code == "UNAVAILABLE" for o in outcomes)
+    recovered = sum(o.code == "OK" for o in after_restart)
     print(f"redis-server killed under load: {len(acknowledged)} views acknowledged, {refused} refused while it "
-          f"was down, {len(lost)} lost")
-    assert refused and len(acknowledged) > 100
-    assert {o.code for o in outcomes} <= {"OK", "UNAVAILABLE"}
+          f"was down, {recovered} of {len(after_restart)} acknowledged after the restart, {len(lost)} lost")
+    assert refused and acknowledged
+    assert {o.code for o in outcomes + after_restart} <= {"OK", "UNAVAILABLE"}
+    assert recovered > len(after_restart) / 2, "views are acknowledged again once Redis is back"
     assert not lost
 
 
