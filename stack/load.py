@@ -5,9 +5,12 @@ so a driver can count status codes and latencies however the gateway behaves.
 """
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -80,3 +83,12 @@ def percentiles(seconds: list[float], points: tuple[int, ...] = (50, 95, 99)) ->
         return {}
     values = np.percentile(np.asarray(seconds) * 1000, points)
     return {f"p{point}": round(float(value), 1) for point, value in zip(points, values)}
+
+
+def write_report_files(report: dict, markdown: list[str], report_dir: Path, name: str) -> Path:
+    """Writes report_dir/<name>-<UTC time>.json (the report) and .md (the lines); returns the JSON path."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stem = report_dir / f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(markdown) + "\n")
+    return stem.with_suffix(".json")

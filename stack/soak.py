@@ -12,7 +12,6 @@ bounds below after warm-up.
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import random
 import signal
@@ -20,9 +19,8 @@ import subprocess
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -33,7 +31,7 @@ from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.fashion_mnist import load_split
 from gateway.images import encode_png
-from stack.load import Outcome, closed_loop, open_loop, percentiles, timed
+from stack.load import Outcome, closed_loop, open_loop, percentiles, timed, write_report_files
 from stack.net import free_port
 
 DATA_DIR = Path("build/soak")  # the stack's data and log (stack.log), kept for a look after the run
@@ -56,6 +54,7 @@ class Options:
     warmup_seconds: float = 30.0
     windows: int = 10
     report_dir: Path = Path("reports")
+    env: tuple[tuple[str, str], ...] = ()  # settings for the stack, e.g. (("HISTORY_TIMEOUT_SECONDS", "2"),)
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -96,14 +95,19 @@ def process_sample(gateway_pid: int) -> dict[str, dict[str, float]]:
 
 
 @contextmanager
-def running_stack(catalog: int, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`stack.run serve` on free ports; stopped with SIGTERM (it then stops its own servers)."""
+def running_stack(catalog: int, data_dir: Path, settings: Mapping[str, str] | None = None
+                  ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`stack.run serve` on free ports over data_dir (emptied first), with extra environment `settings`;
+    stopped with SIGTERM (it then stops its own servers)."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
     port = free_port()
     env = dict(os.environ, GRPC_ADDRESS=f"127.0.0.1:{port}", METRICS_PORT=str(free_port()), DATA_DIR=str(data_dir),
                DEMO_CATALOG_SIZE=str(catalog))
     for name in ("TRITON_URL", "REDIS_URL", "QDRANT_URL", "AUTH_TOKENS", "AUTH_TOKENS_FILE", "TLS_CERT_FILE",
                  "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"):
         env.pop(name, None)
+    env.update(settings or {})
     with (data_dir / "stack.log").open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "stack.run", "serve"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
@@ -207,16 +211,16 @@ def summarise(outcomes: list[Outcome], samples: list[tuple[float, dict]], start:
 
 async def soak(options: Options, data_dir: Path) -> dict:
     """Runs the soak over a stack whose data goes to data_dir (emptied first); returns the report."""
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    with running_stack(options.catalog, data_dir) as (process, target):
+    load_at_start = os.getloadavg()
+    with running_stack(options.catalog, data_dir, dict(options.env)) as (process, target):
         async with grpc.aio.insecure_channel(target) as channel:
             await wait_until_serving(channel, process, data_dir / "stack.log")
             stub = pb_grpc.RecommenderStub(channel)
             first_product = load_split("train").product_id(0)
-            await asyncio.gather(*(stub.RecordView(pb.RecordViewRequest(user_id=f"soak-user-{user}",
-                                                                        product_id=first_product), timeout=30)
-                                   for user in range(USERS)))  # every user has a history to recommend from
+            for user in range(USERS):  # every user gets a history to recommend from; one at a time, as
+                # USERS at once could pass MAX_CONCURRENT_REQUESTS on a slow disk and be refused
+                await stub.RecordView(pb.RecordViewRequest(user_id=f"soak-user-{user}", product_id=first_product),
+                                      timeout=30)
             send = request_mix(channel, options.catalog)
             probe = await closed_loop(send, workers=8, seconds=options.probe_seconds)
             capacity = sum(o.code == "OK" for o in probe) / options.probe_seconds
@@ -235,6 +239,8 @@ async def soak(options: Options, data_dir: Path) -> dict:
             sampler.cancel()
             samples.append((time.monotonic(), process_sample(process.pid)))
     report = summarise(outcomes, samples, start, options, capacity, rate)
+    report["stack_settings"] = dict(options.env)
+    report["load_average"] = {"start": load_at_start, "end": os.getloadavg()}  # what else used the machine
     report["warmup"] = {"seconds": options.warmup_seconds, "requests": len(warmup),
                         "errors": sum(o.code != "OK" for o in warmup)}
     return report
@@ -242,23 +248,20 @@ async def soak(options: Options, data_dir: Path) -> dict:
 
 def write_report(report: dict, report_dir: Path) -> Path:
     """Writes the report as JSON and as a short Markdown table; returns the JSON path."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    stem = report_dir / f"soak-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Soak: {report['seconds']:.0f} s at {report['offered_rps']} req/s "
              f"({report['fraction']:.0%} of {report['capacity_rps']} req/s measured)", "",
              f"{report['requests']} requests, errors {report['errors'] or 'none'}, latency {report['latency_ms']} ms; "
              f"gateway memory growth after warm-up {report['growth_after_warmup']['gateway']['rss_mib']} MiB "
              f"({report['gateway_rss_slope_mib_per_hour']} MiB/h), descriptors "
-             f"{report['growth_after_warmup']['gateway']['fds']:+g}", "",
+             f"{report['growth_after_warmup']['gateway']['fds']:+g}; load average (1, 5, 15 min) "
+             f"{report.get('load_average')}", "",
              "| window | requests | errors | p50 ms | p95 ms | p99 ms | gateway RSS MiB | gateway fds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {w['window']} | {w['requests']} | {w['errors']} | {w['latency_ms'].get('p50', '')} | "
               f"{w['latency_ms'].get('p95', '')} | {w['latency_ms'].get('p99', '')} | {w['gateway_rss_mib']} | "
               f"{w['gateway_fds']:g} |" for w in report["windows"]]
     lines += ["", *(f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in report["checks"].items())]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return stem.with_suffix(".json")
+    return write_report_files(report, lines, report_dir, "soak")
 
 
 def main() -> None:
