@@ -114,3 +114,19 @@ load: $(VENV)/.installed
 	$(VENV)/bin/k6 run --env PROFILE=$(PROFILE) --env TARGET=$(GATEWAY) $(if $(RATE),--env RATE=$(RATE)) \
 		$(if $(DURATION),--env DURATION=$(DURATION)) --summary-export=reports/load-$(PROFILE).json \
 		deploy/load/k6/recommend.js
+
+.PHONY: soak overload fuzz
+
+## soak: the stack at ~70 % of its measured capacity for SOAK_SECONDS (default 1800); report in reports/
+SOAK_SECONDS ?= 1800
+soak: setup model
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m stack.soak
+
+## overload: the stack offered 3x its measured capacity of image queries; report in reports/
+overload: setup model
+	$(PY) -m stack.overload
+
+## fuzz: image decoding and request parsing fuzzed for FUZZ_SECONDS each (default 300)
+FUZZ_SECONDS ?= 300
+fuzz: setup model
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py

@@ -39,6 +39,21 @@ class Settings:
     history_timeout_s: float = 0.25
     decode_workers: int = 2
     ingest_batch_size: int = 16
+    max_concurrent_requests: int = 64
+    max_concurrent_images: int = 8
+    auth_tokens_file: Path | None = None
+    auth_tokens: str | None = field(default=None, repr=False)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.auth_tokens_file and self.auth_tokens:
+            raise ValueError("set AUTH_TOKENS_FILE or AUTH_TOKENS, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -46,6 +61,10 @@ class Settings:
 
         def get(name: str) -> str | None:
             return env.get(name) or None
+
+        def path(name: str) -> Path | None:
+            value = get(name)
+            return Path(value) if value else None
 
         defaults = cls()
         weights = defaults.weights
@@ -69,5 +88,15 @@ class Settings:
                 exclude_viewed=(get("RANK_EXCLUDE_VIEWED") or str(weights.exclude_viewed)).lower() in ("1", "true"),
             ),
             request_timeout_s=float(get("REQUEST_TIMEOUT_SECONDS") or defaults.request_timeout_s),
+            embed_timeout_s=float(get("EMBED_TIMEOUT_SECONDS") or defaults.embed_timeout_s),
+            search_timeout_s=float(get("SEARCH_TIMEOUT_SECONDS") or defaults.search_timeout_s),
+            history_timeout_s=float(get("HISTORY_TIMEOUT_SECONDS") or defaults.history_timeout_s),
             decode_workers=int(get("DECODE_WORKERS") or defaults.decode_workers),
+            max_concurrent_requests=int(get("MAX_CONCURRENT_REQUESTS") or defaults.max_concurrent_requests),
+            max_concurrent_images=int(get("MAX_CONCURRENT_IMAGES") or defaults.max_concurrent_images),
+            auth_tokens_file=path("AUTH_TOKENS_FILE"),
+            auth_tokens=get("AUTH_TOKENS"),
+            tls_cert_file=path("TLS_CERT_FILE"),
+            tls_key_file=path("TLS_KEY_FILE"),
+            tls_client_ca_file=path("TLS_CLIENT_CA_FILE"),
         )

@@ -70,5 +70,13 @@ class ResourceExhausted(RecsysError):
     """Too much concurrent work; retry later."""
 
 
+class Unauthenticated(RecsysError):
+    """The caller sent no valid credentials."""
+
+
+class PermissionDenied(RecsysError):
+    """The caller's credentials do not allow this method."""
+
+
 class DeadlineExceeded(RecsysError):
     """A stage ran out of its time budget."""

@@ -26,6 +26,10 @@ IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # gRPC's default cap of 4 MB is below a batch of 32 images
 REQUEST_OVERHEAD_BYTES = 64 * 1024  # tensor names, shapes and parameters around the pixels
+# While Triton is down, calls fail at once (UNAVAILABLE); the channel retries the connection with
+# exponential backoff, capped here at 1 s (gRPC's default cap of 120 s would delay recovery by minutes).
+RECONNECT_BACKOFF = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 T = TypeVar("T")
 
@@ -38,7 +42,7 @@ def domain_error(error: InferenceServerException, action: str, timeout_s: float)
         return DeadlineExceeded(f"{action}: Triton did not answer within {timeout_s:.3g} s")
     if status == "RESOURCE_EXHAUSTED" or "maximum queue size" in message:
         return ResourceExhausted(f"{action}: Triton is overloaded ({message}); retry later")
-    return Unavailable(f"{action}: {status or 'error'}: {message}")
+    return Unavailable(f"{action}: Triton failed ({status or 'error'}: {message}); retry later")
 
 
 async def _checked(call: Awaitable[T], action: str, timeout_s: float) -> T:
@@ -108,7 +112,8 @@ class TritonEmbedder:
         if images_per_message < 1:
             raise ValueError(f"max_message_bytes={max_message_bytes} cannot hold one {IMAGE_BYTES}-byte image")
         client = InferenceServerClient(url, channel_args=[("grpc.max_send_message_length", max_message_bytes),
-                                                          ("grpc.max_receive_message_length", max_message_bytes)])
+                                                          ("grpc.max_receive_message_length", max_message_bytes),
+                                                          *RECONNECT_BACKOFF])
         action = f"reading model '{model_name}' from Triton at {url}"
         try:
             metadata = await _checked(client.get_model_metadata(model_name, model_version, client_timeout=timeout_s),

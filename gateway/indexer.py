@@ -12,7 +12,7 @@ from .domain import CatalogItem, InvalidArgument
 from .images import ImageLimits, encode_thumbnail, preprocess
 from .metrics import Metrics
 from .ports import CatalogStore, Embedder
-from .validation import check_id
+from .validation import check_attributes, check_id
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class Indexer:
         """The product's model input and thumbnail, made in the decode pool."""
         check_id("product_id", product.product_id)
         check_id("category", product.category)
+        check_attributes(product.attributes)
         return await asyncio.get_running_loop().run_in_executor(
             self._decode_pool, _pixels_and_thumbnail, product.image, self._limits)
 

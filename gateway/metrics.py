@@ -38,6 +38,9 @@ class Metrics:
             "recsys_products_ingested_total", "Catalog products embedded and stored.", registry=registry)
         self.catalog_products = Gauge(
             "recsys_catalog_products", "Products in the catalog collection.", registry=registry)
+        self.in_flight = Gauge(
+            "recsys_in_flight", "Work in progress under an admission limit (requests, image queries).", ["work"],
+            registry=registry)
 
     def record_dependencies(self, *, embedder: bool, catalog: bool, history: bool) -> None:
         """Exports whether each dependency answered the last health check."""

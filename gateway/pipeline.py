@@ -14,13 +14,14 @@ import numpy as np
 
 from ranker import Candidate, HistoryItem, rerank, history_vector
 
+from .admission import Admission
 from .config import Settings
 from .domain import (CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, RecsysError, Unavailable,
                      View)
 from .images import preprocess
 from .metrics import Metrics
 from .ports import CatalogStore, Embedder, HistoryStore
-from .validation import check_id
+from .validation import check_categories, check_id, check_id_count
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,14 +62,6 @@ async def _nothing() -> list[Neighbour]:
     return []
 
 
-async def _answers(check: Awaitable[None]) -> bool:
-    try:
-        await check
-    except RecsysError:
-        return False
-    return True
-
-
 def _merge(query: np.ndarray, visual_hits: list[Neighbour], taste_hits: list[Neighbour]) -> list[Neighbour]:
     """Candidates from both searches, each scored by its cosine similarity to the query vector."""
     merged = {hit.item.product_id: hit for hit in visual_hits}
@@ -89,6 +82,7 @@ class Pipeline:
         self._settings = settings
         self._metrics = metrics
         self._decode_pool = decode_pool
+        self._image_work = Admission("image queries", settings.max_concurrent_images, metrics.in_flight)
 
     def with_backends(self, embedder: Embedder, catalog: CatalogStore) -> "Pipeline":
         """This pipeline over another embedder and catalog (a model rollout), sharing everything else."""
@@ -99,6 +93,7 @@ class Pipeline:
     async def recommend(self, query: RecommendQuery, budget_s: float | None = None) -> Recommendations:
         """Recommendations for a query within budget_s seconds (capped by the configured request timeout)."""
         limit = self._limit(query.limit)
+        check_categories(query.categories)
         budget = min(budget_s or self._settings.request_timeout_s, self._settings.request_timeout_s)
         with self._metrics.stage("total"):
             try:
@@ -108,6 +103,7 @@ class Pipeline:
                 raise DeadlineExceeded(f"recommendation did not finish within its deadline of {budget:.3f} s") from None
 
     async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
+        await self._check_categories_exist(query.categories)
         history_task = asyncio.create_task(self._views(query.user_id)) if query.user_id else None
         try:
             vector, exclude = await self._query_vector(query)
@@ -158,12 +154,27 @@ class Pipeline:
         return None, set()
 
     async def embed_image(self, data: bytes) -> np.ndarray:
-        """The embedding of one encoded image: decoded in the pool, embedded by Triton."""
-        with self._metrics.stage("decode"):
-            pixels = await asyncio.get_running_loop().run_in_executor(
-                self._decode_pool, preprocess, data, self._settings.image_limits)
-        with self._metrics.stage("embed"):
-            return (await self.embedder.embed(pixels[np.newaxis], self._settings.embed_timeout_s))[0]
+        """The embedding of one encoded image: decoded in the pool, embedded by Triton.
+
+        At most `max_concurrent_images` run at once; past that ResourceExhausted, so that the images
+        admitted keep their latency and queries without an image are not held up behind them.
+        """
+        with self._image_work.slot():
+            with self._metrics.stage("decode"):
+                pixels = await asyncio.get_running_loop().run_in_executor(
+                    self._decode_pool, preprocess, data, self._settings.image_limits)
+            with self._metrics.stage("embed"):
+                return (await self.embedder.embed(pixels[np.newaxis], self._settings.embed_timeout_s))[0]
+
+    async def _check_categories_exist(self, categories: Sequence[str]) -> None:
+        if not categories:
+            return
+        present = await self._within("catalog category check", self._settings.search_timeout_s,
+                                     self.catalog.existing_categories(categories))
+        unknown = [category for category in dict.fromkeys(categories) if category not in present]
+        if unknown:
+            raise InvalidArgument(f"filter.categories: no catalog product is in {', '.join(map(repr, unknown))}; "
+                                  "check the category names")
 
     async def _product(self, product_id: str) -> CatalogItem:
         found = await self._within("catalog lookup", self._settings.search_timeout_s,
@@ -232,20 +243,29 @@ class Pipeline:
 
     async def delete_products(self, product_ids: Sequence[str]) -> int:
         """Deletes products; returns how many existed."""
+        check_id_count("product_ids", product_ids)
         for product_id in product_ids:
             check_id("product_id", product_id)
         return await self.catalog.delete(list(product_ids))
 
     async def ready(self) -> bool:
-        """True when the model is served and both stores answer; each one's state goes to the metrics."""
-        catalog_up, history_up, embedder_up = await asyncio.gather(
-            self._count_catalog(), _answers(self.history.ping()), self.embedder.ready())
-        self._metrics.record_dependencies(embedder=embedder_up, catalog=catalog_up, history=history_up)
-        return catalog_up and history_up and embedder_up
+        """Whether image queries can be served: Triton serves the model and the catalog answers.
 
-    async def _count_catalog(self) -> bool:
+        Redis is left out on purpose: without it Recommend still answers (visually, with `history`
+        degraded), so a history outage must not take every gateway out of rotation. The state of all
+        three dependencies is exported as recsys_dependency_up.
+        """
+        embedder_up, catalog_up, history_up = await asyncio.gather(
+            self.embedder.ready(), self._answers(self._count_products()), self._answers(self.history.ping()))
+        self._metrics.record_dependencies(embedder=embedder_up, catalog=catalog_up, history=history_up)
+        return embedder_up and catalog_up
+
+    async def _answers(self, check: Awaitable[object]) -> bool:
         try:
-            self._metrics.catalog_products.set(await self.catalog.count())
+            await self._within("health check", self._settings.search_timeout_s, check)
         except RecsysError:
             return False
         return True
+
+    async def _count_products(self) -> None:
+        self._metrics.catalog_products.set(await self.catalog.count())

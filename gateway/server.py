@@ -13,8 +13,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from .admission import Admission
 from .api.recsys.v1 import recsys_pb2 as pb
 from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from .auth import authenticator_for
 from .catalog import open_catalog_aliases, open_catalog_store
 from .catalog.aliases import versioned_collection
 from .catalog.refused import RefusedCatalog
@@ -28,6 +30,7 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .servicer import CatalogServicer, RecommenderServicer
 from .serving import Serving, follow_alias, serving_target
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Recommender", "Catalog"))
@@ -106,10 +109,19 @@ async def open_pipeline(settings: Settings, metrics: Metrics, recreate_catalog: 
 
 async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings, metrics: Metrics,
                         address: str | None = None) -> Gateway:
-    """Starts the gRPC server on address (default: settings.grpc_address; port 0 picks a free one)."""
+    """Starts the gRPC server on address (default: settings.grpc_address; port 0 picks a free one).
+
+    With TLS_CERT_FILE/TLS_KEY_FILE the port speaks TLS (mutual with TLS_CLIENT_CA_FILE); with
+    AUTH_TOKENS(_FILE) our services want a bearer token.
+    """
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(metrics, SERVICES)], options=options)
+    authenticator = authenticator_for(settings)
+    if authenticator is None:
+        log.warning("authentication is off: set AUTH_TOKENS_FILE or AUTH_TOKENS to require bearer tokens")
+    admission = Admission("requests", settings.max_concurrent_requests, metrics.in_flight)
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(metrics, SERVICES, admission, authenticator)],
+                             options=options)
     serving = Serving(pipeline, indexer)
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(serving), server)
     pb_grpc.add_CatalogServicer_to_server(CatalogServicer(serving, settings.ingest_batch_size), server)
@@ -119,7 +131,9 @@ async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address or settings.grpc_address)
+    credentials = server_credentials(settings)
+    address = address or settings.grpc_address
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
     monitor = asyncio.create_task(_watch_health(serving, health_servicer))
     log.info("gateway listening on port %d, serving model %s", port, pipeline.embedder.info)
@@ -127,10 +141,20 @@ async def start_gateway(pipeline: Pipeline, indexer: Indexer, settings: Settings
 
 
 async def _watch_health(serving: Serving, health_servicer: health.aio.HealthServicer) -> None:
-    """Keeps the health status in step with the backends: NOT_SERVING until all of them answer."""
+    """Keeps the health status in step with the backends: SERVING while image queries can be served
+    (Triton and the catalog answer; see Pipeline.ready), NOT_SERVING otherwise."""
+    previous = None
     while True:
-        ready = await serving.pipeline.ready()
+        try:
+            ready = await serving.pipeline.ready()
+        except Exception:
+            log.exception("health check failed")
+            ready = False
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != previous:
+            log.log(logging.INFO if ready else logging.WARNING, "health: %s",
+                    health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            previous = status
         for service in ("", *SERVICES):
             await health_servicer.set(service, status)
         await asyncio.sleep(HEALTH_POLL_S)

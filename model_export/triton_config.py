@@ -20,12 +20,14 @@ INTRA_OP_THREADS = 1
 
 def render_config(name: str, backbone: str, dim: int, max_batch_size: int = MAX_BATCH_SIZE,
                   preferred_batch_sizes: tuple[int, ...] = (MAX_BATCH_SIZE,), max_queue_delay_us: int = 2000,
-                  threads: int = INTRA_OP_THREADS, instances: int = INSTANCES) -> str:
+                  threads: int = INTRA_OP_THREADS, instances: int = INSTANCES, max_queue_size: int = 64) -> str:
     """Production config.pbtxt for Triton's PyTorch (libtorch) backend.
 
     Every version folder of the model shares this config, so all versions take the same input and
     return embeddings of the same dimension. The newest SERVED_VERSIONS versions are loaded: the one a
-    rollout moves to and the one a rollback returns to.
+    rollout moves to and the one a rollback returns to. The dynamic batcher's queue holds at most
+    max_queue_size requests; Triton refuses the excess at once ("Exceeds maximum queue size"), which the
+    gateway answers as RESOURCE_EXHAUSTED.
     """
     preferred = ", ".join(str(size) for size in preferred_batch_sizes)
     return f'''name: "{name}"
@@ -50,6 +52,7 @@ output [
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
+  default_queue_policy {{ max_queue_size: {max_queue_size} }}
 }}
 instance_group [ {{ count: {instances}, kind: KIND_AUTO }} ]
 parameters: {{ key: "backbone", value: {{ string_value: "{backbone}" }} }}

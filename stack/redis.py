@@ -1,10 +1,13 @@
 """Starts and stops a local redis-server for the view history.
 
 Persistence is append-only: every write is logged to the AOF under the data directory and replayed
-at start. ``appendfsync everysec`` (the default) fsyncs the log once a second, so a crash of the
-machine may lose up to the last second of views while writes never wait for the disk; a clean stop
-(SIGTERM) always flushes the log completely. ``always`` fsyncs every write (no loss, slower) and
-``no`` leaves flushing to the OS. RDB snapshots are off (``--save ""``): the AOF is the only copy.
+at start. ``appendfsync always`` (the default here) writes and fsyncs the log before Redis answers,
+so an acknowledged view survives a crash of redis-server or of the whole machine. Its cost, measured
+on a 2-core VM with a shared disk: a history write takes ~4 ms instead of ~0.4 ms, and 8 concurrent
+writers get ~760 writes/s instead of ~2,100 (Redis fsyncs once per batch of concurrent writes).
+``everysec`` fsyncs once a second: a crash of redis-server alone loses nothing (the log is written
+before the reply), a crash of the machine may lose the last second or two of views. ``no`` leaves
+flushing to the OS. RDB snapshots are off (``--save ""``): the AOF is the only copy.
 
 The server logs to ``redis-server.log`` in the data directory. Without ``REDIS_URL`` the service
 runs one in the foreground: ``python -m stack.redis --data-dir data/redis``.
@@ -52,7 +55,7 @@ class RedisServer:
     """
 
     def __init__(self, data_dir: Path | str, *, port: int | None = None,
-                 appendfsync: AppendFsync = "everysec", startup_timeout_s: float = 10.0,
+                 appendfsync: AppendFsync = "always", startup_timeout_s: float = 10.0,
                  stop_timeout_s: float = 10.0) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port if port is not None else free_port()
@@ -95,6 +98,11 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it with SIGSTOP to play a hung backend)."""
+        return self._process.pid if self._process is not None else None
 
     def wait(self) -> int:
         """Blocks until the server exits; returns its exit status."""
@@ -147,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True, help="AOF and log folder")
     parser.add_argument("--port", type=int, default=6379)
-    parser.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec")
+    parser.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="always")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with RedisServer(args.data_dir, port=args.port, appendfsync=args.appendfsync) as server:

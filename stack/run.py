@@ -136,7 +136,8 @@ async def run_serve(settings: Settings, demo_size: int) -> None:
                 await build_index(pipeline.catalog)
             except FailedPrecondition as refusal:
                 log.error("demo catalog not indexed: %s", refusal)
-    webui = await start_webui(local_target(settings.grpc_address), *listen_address(os.environ))
+    webui = await start_webui(local_target(settings.grpc_address), *listen_address(os.environ),
+                              token=os.environ.get("WEBUI_TOKEN", ""))
     try:
         await serve(settings)
     finally:

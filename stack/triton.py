@@ -197,6 +197,11 @@ class TritonServer:
                 log.warning("model versions not derived yet: %s", error)
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it with SIGSTOP to play a hung backend)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None

@@ -202,22 +202,23 @@ async def serving(target: str, service: str) -> bool:
 
 
 async def test_the_probes_ask_what_a_real_gateway_answers(manifests, triton_server, redis_server, tmp_path):
-    """Readiness follows the backends; liveness stays SERVING while Redis is down."""
+    """Readiness and liveness stay SERVING while Redis is down (answers degrade to visual only); the
+    outage shows in recsys_dependency_up."""
     container = find(manifests, "Deployment", "recsys-gateway")["spec"]["template"]["spec"]["containers"][0]
     readiness = container["readinessProbe"]["grpc"].get("service", "")
     liveness = container["livenessProbe"]["grpc"]["service"]
     history_up = {"dependency": "history"}
-    for redis, ready in ((redis_server, True), (RedisServer(tmp_path / "never-started"), False)):
-        async with served_gateway(triton_server, redis, tmp_path / f"data-{ready}") as served:
+    for redis, redis_up in ((redis_server, True), (RedisServer(tmp_path / "never-started"), False)):
+        async with served_gateway(triton_server, redis, tmp_path / f"data-{redis_up}") as served:
             sample = served.metrics.registry.get_sample_value
             for _ in range(50):  # the gateway checks its backends at start, then every 2 s
                 if sample("recsys_dependency_up", history_up) is not None:
                     break
                 await asyncio.sleep(0.1)
-            assert sample("recsys_dependency_up", history_up) == ready
+            assert sample("recsys_dependency_up", history_up) == redis_up
             for _ in range(50):  # the health status follows right after the check
-                if await serving(served.target, readiness) == ready:
+                if await serving(served.target, readiness):
                     break
                 await asyncio.sleep(0.1)
-            assert await serving(served.target, readiness) == ready
+            assert await serving(served.target, readiness)
             assert await serving(served.target, liveness)

@@ -17,7 +17,7 @@ async def serve(gateway_target: str, host: str, port: int) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    webui = await start_webui(gateway_target, host, port)
+    webui = await start_webui(gateway_target, host, port, token=os.environ.get("WEBUI_TOKEN", ""))
     try:
         await stop.wait()
     finally:

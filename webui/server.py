@@ -32,6 +32,8 @@ MAX_LIMIT = 100
 
 HTTP_STATUS_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
@@ -40,6 +42,8 @@ HTTP_STATUS_OF = {
 }
 EXPLANATION_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: "The gateway refused the request",
+    grpc.StatusCode.UNAUTHENTICATED: "The gateway wants a token: start the page with WEBUI_TOKEN",
+    grpc.StatusCode.PERMISSION_DENIED: "The page's token lacks the 'read' scope",
     grpc.StatusCode.NOT_FOUND: "Not found",
     grpc.StatusCode.FAILED_PRECONDITION: "The catalog cannot be served",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "The recommendation service is overloaded",
@@ -50,6 +54,7 @@ EXPLANATION_OF = {
 RECOMMENDER = web.AppKey("recommender", pb_grpc.RecommenderStub)
 CATALOG = web.AppKey("catalog", pb_grpc.CatalogStub)
 EXAMPLES = web.AppKey("examples", FashionMnistImages)
+TOKEN = web.AppKey("token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -81,6 +86,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "The web page's server failed; its log has the details.")
+
+
+def call_options(app: web.Application) -> dict:
+    """Deadline and, when the gateway wants one (WEBUI_TOKEN), the bearer token of every gateway call."""
+    metadata = (("authorization", f"Bearer {app[TOKEN]}"),) if app[TOKEN] else ()
+    return {"timeout": RPC_TIMEOUT_S, "metadata": metadata}
 
 
 def image_url(product_id: str) -> str:
@@ -128,7 +139,7 @@ async def recommend(request: web.Request) -> web.Response:
         pb.RecommendRequest(image=upload.file.read(), user_id=str(form.get("user_id", "")).strip(),
                             limit=parse_limit(str(form.get("limit", DEFAULT_LIMIT))),
                             filter=pb.Filter(categories=categories)),
-        timeout=RPC_TIMEOUT_S)
+        **call_options(request.app))
     return web.json_response({
         "model": response.model,
         "degraded": list(response.degraded),
@@ -148,14 +159,14 @@ async def record_view(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError) as error:
         raise BadRequest("Send a JSON object with user_id and product_id.") from error
     await request.app[RECOMMENDER].RecordView(pb.RecordViewRequest(user_id=user_id, product_id=product_id),
-                                              timeout=RPC_TIMEOUT_S)
+                                              **call_options(request.app))
     return web.json_response({})
 
 
 async def history(request: web.Request) -> web.Response:
     """The user's recent views, newest first (query parameter user_id)."""
     response = await request.app[RECOMMENDER].GetHistory(
-        pb.GetHistoryRequest(user_id=request.query.get("user_id", "").strip()), timeout=RPC_TIMEOUT_S)
+        pb.GetHistoryRequest(user_id=request.query.get("user_id", "").strip()), **call_options(request.app))
     return web.json_response({"views": [
         {"product_id": view.product_id, "viewed_at_ms": view.viewed_at_ms, "image_url": image_url(view.product_id)}
         for view in response.views]})
@@ -165,7 +176,7 @@ async def product_image(request: web.Request) -> web.Response:
     """A catalog product's picture as the gateway stored it; the gateway's status otherwise (404 if unknown)."""
     wanted = pb.GetProductImageRequest(product_id=request.match_info["product_id"])
     try:
-        image = await request.app[CATALOG].GetProductImage(wanted, timeout=RPC_TIMEOUT_S)
+        image = await request.app[CATALOG].GetProductImage(wanted, **call_options(request.app))
     except grpc.aio.AioRpcError as error:
         return web.Response(status=HTTP_STATUS_OF.get(error.code(), 502), text=error.details())
     return web.Response(body=image.data, content_type=image.content_type, headers={"Cache-Control": "no-cache"})
@@ -183,10 +194,15 @@ async def example_image(request: web.Request) -> web.Response:
     return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 
 
-def create_app(gateway_target: str, examples: FashionMnistImages | None = None) -> web.Application:
-    """The page's application; its gRPC channel to gateway_target opens at start-up and closes at clean-up."""
+def create_app(gateway_target: str, examples: FashionMnistImages | None = None, token: str = ""
+               ) -> web.Application:
+    """The page's application; its gRPC channel to gateway_target opens at start-up and closes at clean-up.
+
+    token: a bearer token with the `read` scope, for a gateway that requires tokens.
+    """
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_UPLOAD_BYTES)
     app[EXAMPLES] = examples or FashionMnistImages()
+    app[TOKEN] = token
 
     async def channel_context(app: web.Application) -> AsyncIterator[None]:
         options = [("grpc.max_send_message_length", MAX_UPLOAD_BYTES)]
@@ -219,9 +235,9 @@ class WebUI:
 
 
 async def start_webui(gateway_target: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                      examples: FashionMnistImages | None = None) -> WebUI:
+                      examples: FashionMnistImages | None = None, token: str = "") -> WebUI:
     """Serves the page on host:port (port 0 picks a free one), talking to the gateway at gateway_target."""
-    runner = web.AppRunner(create_app(gateway_target, examples), access_log=None)
+    runner = web.AppRunner(create_app(gateway_target, examples, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

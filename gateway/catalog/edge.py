@@ -16,6 +16,7 @@ from qdrant_edge import (
     EdgeOptimizersConfig,
     EdgeShard,
     EdgeVectorParams,
+    FacetRequest,
     FieldCondition,
     Filter,
     HasIdCondition,
@@ -120,6 +121,10 @@ class EdgeCatalog:
     async def thumbnail(self, product_id: str) -> bytes | None:
         """The product's stored JPEG thumbnail, b"" if it was stored without one, None if it is not stored."""
         return await self._in_thread(self._thumbnail, product_id)
+
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        """The categories among `categories` that at least one product has."""
+        return await self._in_thread(self._existing_categories, categories) if categories else set()
 
     async def count(self) -> int:
         """Number of products in the shard."""
@@ -240,6 +245,12 @@ class EdgeCatalog:
         with self._engine_errors():
             records = shard.retrieve([point_id(product_id)], with_payload=[THUMBNAIL_FIELD], with_vector=False)
         return thumbnail_from_payload(records[0].payload) if records else None
+
+    def _existing_categories(self, categories: Sequence[str]) -> set[str]:
+        shard, _ = self._opened()
+        request = FacetRequest(key=CATEGORY_FIELD, limit=len(categories), filter=_filter(categories, ()))
+        with self._engine_errors():
+            return {hit.value for hit in shard.facet(request).hits}
 
     def _count(self) -> int:
         shard, _ = self._opened()

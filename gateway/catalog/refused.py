@@ -38,6 +38,9 @@ class RefusedCatalog:
     async def thumbnail(self, product_id: str) -> bytes | None:
         raise self._reason
 
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        raise self._reason
+
     async def count(self) -> int:
         raise self._reason
 

@@ -144,6 +144,15 @@ class QdrantClientCatalog:
             )
         return thumbnail_from_payload(records[0].payload) if records else None
 
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        """The categories among `categories` that at least one product has."""
+        if not categories:
+            return set()
+        with self._server_errors():
+            response = await self._client.facet(self.collection, CATEGORY_FIELD,
+                                                facet_filter=_filter(categories, ()), limit=len(categories), exact=True)
+        return {str(hit.value) for hit in response.hits}
+
     async def count(self) -> int:
         """Number of products in the collection."""
         with self._server_errors():

@@ -58,6 +58,9 @@ class CatalogStore(Protocol):
     async def thumbnail(self, product_id: str) -> bytes | None:
         """The product's stored JPEG thumbnail, b"" if it was stored without one, None if it is not stored."""
 
+    async def existing_categories(self, categories: Sequence[str]) -> set[str]:
+        """The categories among `categories` that at least one product has."""
+
     async def count(self) -> int:
         """Number of products in the collection."""
 
