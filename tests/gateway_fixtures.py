@@ -11,6 +11,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from gateway.catalog import EdgeCatalog
+from gateway.catalog.aliases import EdgeAliases
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.server import Gateway, open_pipeline, start_gateway
@@ -60,3 +62,10 @@ async def served_gateway(triton: TritonServer, redis: RedisServer, data_dir: Pat
     finally:
         metrics_server.shutdown()
         metrics_server.server_close()
+
+
+async def catalog_behind_alias(qdrant_dir: Path, alias: str = "products") -> EdgeCatalog:
+    """The embedded catalog collection that `alias` points at, as `make index` left it (not opened yet)."""
+    collection = await EdgeAliases(qdrant_dir).target(alias)
+    assert collection is not None, f"no catalog alias '{alias}' under {qdrant_dir}"
+    return EdgeCatalog(qdrant_dir, collection)

@@ -18,12 +18,12 @@ import pytest
 
 from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.catalog import EdgeCatalog
 from gateway.embedder import TritonEmbedder
 from gateway.fashion_mnist import load_split
 from gateway.images import encode_png
 from stack.load import closed_loop, timed
 from stack.redis import RedisServer
+from tests.gateway_fixtures import catalog_behind_alias
 from tests.reliability_fixtures import Running, running_gateway, tiny_settings
 from tests.triton_fixtures import TINY_MODEL
 
@@ -124,7 +124,7 @@ async def test_ingestion_killed_twice_and_resumed_stores_exactly_the_right_produ
     stored, present = map(int, re.search(r"indexed: (\d+) stored, (\d+) already present", resumed.stderr).groups())
 
     async with await TritonEmbedder.connect(tiny_triton.grpc_url, TINY_MODEL) as embedder:
-        catalog = EdgeCatalog(tmp_path / "qdrant")
+        catalog = await catalog_behind_alias(tmp_path / "qdrant")
         await catalog.open(embedder.info)
         try:
             train = load_split("train")

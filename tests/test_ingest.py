@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import EdgeCatalog
 from gateway.domain import ModelInfo
 from gateway.fashion_mnist import load_split
 from gateway.images import encode_png
+from tests.gateway_fixtures import catalog_behind_alias
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ async def test_folder_ingestion_skips_bad_files_and_resumes_without_duplicates(p
     assert again.returncode == 0, again.stderr
     assert "0 stored, 4 already present, 2 skipped" in again.stderr
 
-    catalog = EdgeCatalog(data_dir / "qdrant")
+    catalog = await catalog_behind_alias(data_dir / "qdrant")
     await catalog.open(MODEL)
     try:
         assert await catalog.count() == 4

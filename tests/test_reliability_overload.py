@@ -19,7 +19,8 @@ from model_export.triton_config import render_config
 from stack.load import Outcome, timed
 from stack.overload import image_queries, measure_overload, sample_photos
 from tests.reliability_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
-from tests.triton_fixtures import TINY_BACKBONE, TINY_DIM, TINY_MODEL, TinyEmbedder, add_model, start_triton
+from tests.triton_fixtures import (TINY_BACKBONE, TINY_DIM, TINY_MAX_BATCH_SIZE, TINY_MODEL, TinyEmbedder, add_model,
+                                    start_triton)
 
 pytestmark = pytest.mark.slow
 IMAGE_LIMIT = 4
@@ -64,8 +65,9 @@ def short_queue_triton(tmp_path_factory):
 
     module = torch.jit.script(TinyEmbedder(TINY_DIM).eval())
     repository = tmp_path_factory.mktemp("short_queue")
-    config = render_config(TINY_MODEL, TINY_BACKBONE, TINY_DIM, preferred_batch_sizes=(32,),
-                           max_queue_delay_us=200_000, max_queue_size=1)
+    config = render_config(TINY_MODEL, TINY_BACKBONE, TINY_DIM, max_batch_size=TINY_MAX_BATCH_SIZE,
+                           preferred_batch_sizes=(TINY_MAX_BATCH_SIZE,), max_queue_delay_us=200_000,
+                           instances=1, max_queue_size=1)
     add_model(repository, TINY_MODEL, config, module)
     server = start_triton(repository)
     yield server
