@@ -1,12 +1,13 @@
 """`make soak`: the whole stack at about 70 % of its measured capacity for a long time, then a report.
 
 Starts `python -m stack.run serve` (its own tritonserver and redis-server, the embedded Qdrant engine,
-a demo catalog of SOAK_CATALOG images) in a fresh build/soak/ on free loopback ports. Measures capacity with a closed loop
-of the request mix, then offers `--fraction` of it at a fixed rate: first for a warm-up (the model's
-first batches are slow to specialise; not counted), then for SOAK_SECONDS (default 1800), sampling the resident memory and open file descriptors of the gateway, tritonserver and
-redis-server every few seconds. Stops the stack and writes reports/soak-<UTC time>.json and .md.
-It exits non-zero when a request failed, or when the gateway's memory or descriptors grew past the
-bounds below after warm-up.
+a demo catalog of SOAK_CATALOG images) in a fresh build/soak/ on free loopback ports. Fills every user's
+history to its cap, measures capacity with a closed loop of the request mix, then offers `--fraction` of
+it at a fixed rate: first for a warm-up (the model's first batches are slow to specialise; not counted),
+then for SOAK_SECONDS (default 1800), sampling the resident memory and open file descriptors of the
+gateway, tritonserver and redis-server every few seconds. Stops the stack and writes
+reports/soak-<UTC time>.json and .md. It exits non-zero when a request failed, or when the gateway's
+memory or descriptors grew past the bounds below after warm-up.
 """
 
 import argparse
@@ -51,6 +52,7 @@ class Options:
     fraction: float = 0.7
     catalog: int = 1000
     probe_seconds: float = 20.0
+    history_views: int = 50  # views per user before the probe: the history cap, as after a long run
     warmup_seconds: float = 30.0
     windows: int = 10
     report_dir: Path = Path("reports")
@@ -209,18 +211,28 @@ def summarise(outcomes: list[Outcome], samples: list[tuple[float, dict]], start:
     }
 
 
+async def fill_histories(stub: pb_grpc.RecommenderStub, catalog: int, views: int, callers: int = 4) -> None:
+    """Records `views` views for every user before capacity is measured, so the probe pays for full
+    histories as the soak will once its views have accumulated (a probe over near-empty histories measured
+    a capacity that the soak could not hold). A few callers at a time stay under MAX_CONCURRENT_REQUESTS."""
+    train, rng = load_split("train"), random.Random(1)
+    pending = [pb.RecordViewRequest(user_id=f"soak-user-{user}", product_id=train.product_id(rng.randrange(catalog)))
+               for _ in range(views) for user in range(USERS)]
+
+    async def caller() -> None:
+        while pending:
+            await stub.RecordView(pending.pop(), timeout=30)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+
+
 async def soak(options: Options, data_dir: Path) -> dict:
     """Runs the soak over a stack whose data goes to data_dir (emptied first); returns the report."""
     load_at_start = os.getloadavg()
     with running_stack(options.catalog, data_dir, dict(options.env)) as (process, target):
         async with grpc.aio.insecure_channel(target) as channel:
             await wait_until_serving(channel, process, data_dir / "stack.log")
-            stub = pb_grpc.RecommenderStub(channel)
-            first_product = load_split("train").product_id(0)
-            for user in range(USERS):  # every user gets a history to recommend from; one at a time, as
-                # USERS at once could pass MAX_CONCURRENT_REQUESTS on a slow disk and be refused
-                await stub.RecordView(pb.RecordViewRequest(user_id=f"soak-user-{user}", product_id=first_product),
-                                      timeout=30)
+            await fill_histories(pb_grpc.RecommenderStub(channel), options.catalog, options.history_views)
             send = request_mix(channel, options.catalog)
             probe = await closed_loop(send, workers=8, seconds=options.probe_seconds)
             capacity = sum(o.code == "OK" for o in probe) / options.probe_seconds

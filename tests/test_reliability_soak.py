@@ -15,7 +15,8 @@ async def test_a_short_soak_has_no_failures_and_flat_resources(tmp_path):
     If a burst fills the admission bound, the gateway sheds with RESOURCE_EXHAUSTED, as the overload
     tests ask; any other status is a failure. The latency and growth figures belong to `make soak` on a
     quiet machine; the bounds here (MAX_RSS_GROWTH_MIB, MAX_FD_GROWTH) catch a leak."""
-    options = Options(seconds=40, fraction=0.3, catalog=100, probe_seconds=8, warmup_seconds=8, windows=4,
+    options = Options(seconds=40, fraction=0.3, catalog=100, probe_seconds=8, history_views=5, warmup_seconds=8,
+                      windows=4,
                       report_dir=tmp_path / "reports",
                       env=(("HISTORY_TIMEOUT_SECONDS", "2"), ("EMBED_TIMEOUT_SECONDS", "4")))
     report = await soak(options, tmp_path / "data")
