@@ -282,10 +282,12 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.7, help="share of the measured capacity to offer")
     parser.add_argument("--catalog", type=int, default=int(os.environ.get("SOAK_CATALOG", "1000")))
     parser.add_argument("--probe-seconds", type=float, default=20.0, help="capacity measurement")
+    parser.add_argument("--history-views", type=int, default=50, help="views per user before the probe")
     parser.add_argument("--warmup-seconds", type=float, default=30.0, help="at the soak's rate, not counted")
     parser.add_argument("--report-dir", type=Path, default=Path("reports"))
     args = parser.parse_args()
-    options = Options(args.seconds, args.fraction, args.catalog, args.probe_seconds, args.warmup_seconds,
+    options = Options(args.seconds, args.fraction, args.catalog, probe_seconds=args.probe_seconds,
+                      history_views=args.history_views, warmup_seconds=args.warmup_seconds,
                       report_dir=args.report_dir)
     report = asyncio.run(soak(options, DATA_DIR))
     path = write_report(report, options.report_dir)
