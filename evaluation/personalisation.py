@@ -5,14 +5,18 @@ at ``query`` (the last of them), and views ``target`` next. Methods, each a top-
 
 - ``visual``: Recommend(product_id=query), no user: neighbours of the product being looked at.
 - ``history_aware``: Recommend(product_id=query, user_id), with the history recorded through RecordView.
+- ``own_views_only``: the same with the popularity weight at 0: what the shopper's own views add.
 - ``history_only``: Recommend(user_id), no query.
 - ``most_viewed``: the products other shoppers viewed most (non-visual).
 - ``category_popularity``: the most viewed products of the categories in the shopper's history, those
   with the larger share of the history first (non-visual).
 
+Redis holds the views of the shoppers behind the non-visual baselines before anything is measured, so the
+ranker's popularity counts start from the same crowd; the views recorded during the evaluation add to them.
 The ranker's weights are chosen on validation shoppers (in-process pipelines over the same Triton,
-Qdrant and Redis) and the test shoppers, simulated with another seed, are served by a gateway with
-the chosen weights.
+Qdrant and Redis) in two stages: the shopper's own signals (history, category, half-life) with popularity
+at 0, then the popularity weight on top of the best of those. The test shoppers, simulated with another
+seed, are served by gateways with the chosen weights.
 """
 
 import asyncio
@@ -27,16 +31,19 @@ from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RecommendQuery
+from gateway.ports import HistoryStore
 from ranker import Weights
 
 from evaluation.metrics import next_item_metrics
 from evaluation.shoppers import Shopper
 
 K = 10
-METHODS = ("visual", "history_aware", "history_only", "most_viewed", "category_popularity")
+METHODS = ("visual", "history_aware", "own_views_only", "history_only", "most_viewed", "category_popularity")
 HISTORY_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 CATEGORY_GRID = (0.0, 0.25, 0.5, 1.0)
 HALF_LIFE_GRID = (2.0, 5.0, 10.0)
+POPULARITY_GRID = (0.1, 0.2, 0.4, 0.8)
+CROWD_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -96,50 +103,84 @@ async def record_history(record: Callable[[str, str], Awaitable[object]], steps:
             await record(step.user, product_id)
 
 
+async def record_crowd(history: HistoryStore, shoppers: Sequence[Shopper], product_ids: Sequence[str]) -> None:
+    """Records every view of ``shoppers`` (users ``crowd-<n>``), several shoppers at a time, each in order."""
+    semaphore = asyncio.Semaphore(CROWD_CONCURRENCY)
+
+    async def record(number: int, shopper: Shopper) -> None:
+        async with semaphore:
+            for view in shopper.views:
+                await history.record(f"crowd-{number}", product_ids[view], 0)
+
+    await asyncio.gather(*(record(number, shopper) for number, shopper in enumerate(shoppers)))
+
+
 def weight_grid(base: Weights) -> list[Weights]:
-    """Candidate ranker weights: visual fixed at 1, the other weights and the half-life varied."""
-    return [replace(base, visual=1.0, history=history, category=category, half_life_views=half_life)
+    """The first tuning stage: visual fixed at 1, popularity at 0, the own-view weights and half-life varied."""
+    return [replace(base, visual=1.0, history=history, category=category, popularity=0.0,
+                    half_life_views=half_life)
             for history, category, half_life in itertools.product(HISTORY_GRID, CATEGORY_GRID, HALF_LIFE_GRID)]
 
 
-async def tune_weights(pipeline: Pipeline, settings: Settings, metrics: Metrics, steps: Sequence[Step],
-                       concurrency: int = 8) -> tuple[Weights, list[tuple[Weights, dict[str, float]]]]:
-    """The grid's weights with the best hit@10 (then NDCG@10) on ``steps`` (one step per user), and all scores.
+def best_of(scores: Sequence[tuple[Weights, dict[str, float]]]) -> Weights:
+    """The weights with the best hit@10, then NDCG@10."""
+    return max(scores, key=lambda entry: (entry[1]["hit"], entry[1]["ndcg"]))[0]
 
-    Each candidate runs as an in-process Pipeline over the gateway's embedder, catalog and history.
+
+@dataclass(frozen=True)
+class Tuning:
+    """The chosen weights, the best with popularity at 0, and every setting tried with its scores."""
+
+    weights: Weights
+    own_views_weights: Weights
+    scores: list[tuple[Weights, dict[str, float]]]
+
+
+async def tune_weights(pipeline: Pipeline, settings: Settings, metrics: Metrics, steps: Sequence[Step],
+                       concurrency: int = 8) -> Tuning:
+    """Weights chosen on ``steps`` (one step per user) in two stages: :func:`weight_grid`, then
+    POPULARITY_GRID on top of its best; the best of all settings by hit@10 (then NDCG@10).
+
+    Each setting runs as an in-process Pipeline over the gateway's embedder, catalog and history.
     """
     if len({step.user for step in steps}) != len(steps):
         raise ValueError("tuning evaluates one step per user, with the history recorded once")
     await record_history(pipeline.record_view, steps)
     pool = ThreadPoolExecutor(1)
-    scores = []
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def score(weights: Weights) -> tuple[Weights, dict[str, float]]:
+        candidate = Pipeline(pipeline.embedder, pipeline.catalog, pipeline.history,
+                             replace(settings, weights=weights), metrics, pool)
+
+        async def ranked(step: Step) -> list[str]:
+            async with semaphore:
+                result = await candidate.recommend(RecommendQuery(user_id=step.user, product_id=step.query, limit=K))
+            return [item.product_id for item in result.items]
+
+        lists = await asyncio.gather(*(ranked(step) for step in steps))
+        return weights, next_item_metrics(lists, [step.target for step in steps], K)
+
     try:
-        for weights in weight_grid(settings.weights):
-            candidate = Pipeline(pipeline.embedder, pipeline.catalog, pipeline.history,
-                                 replace(settings, weights=weights), metrics, pool)
-            semaphore = asyncio.Semaphore(concurrency)
-
-            async def ranked(step: Step) -> list[str]:
-                async with semaphore:
-                    result = await candidate.recommend(RecommendQuery(user_id=step.user, product_id=step.query,
-                                                                      limit=K))
-                return [item.product_id for item in result.items]
-
-            lists = await asyncio.gather(*(ranked(step) for step in steps))
-            scores.append((weights, next_item_metrics(lists, [step.target for step in steps], K)))
+        scores = [await score(weights) for weights in weight_grid(settings.weights)]
+        own_views = best_of(scores)
+        scores += [await score(replace(own_views, popularity=popularity)) for popularity in POPULARITY_GRID]
     finally:
         pool.shutdown()
-    best = max(scores, key=lambda entry: (entry[1]["hit"], entry[1]["ndcg"]))
-    return best[0], scores
+    return Tuning(best_of(scores), own_views, scores)
 
 
-async def served_lists(stub: pb_grpc.RecommenderStub, steps: Sequence[Step], popularity: Popularity,
-                       timeout_s: float = 10.0) -> dict[str, list[list[str]]]:
-    """Every method's top-10 list for each step; histories are recorded through the gateway as they grow."""
+async def served_lists(stub: pb_grpc.RecommenderStub, own_views_stub: pb_grpc.RecommenderStub,
+                       steps: Sequence[Step], popularity: Popularity, timeout_s: float = 10.0
+                       ) -> dict[str, list[list[str]]]:
+    """Every method's top-10 list for each step; histories are recorded through ``stub`` as they grow.
+
+    ``own_views_stub`` is a gateway over the same backends whose weights leave popularity out.
+    """
     lists: dict[str, list[list[str]]] = {method: [] for method in METHODS}
 
-    async def recommend(**fields: object) -> list[str]:
-        response = await stub.Recommend(pb.RecommendRequest(limit=K, **fields), timeout=timeout_s)
+    async def recommend(through: pb_grpc.RecommenderStub = stub, **fields: object) -> list[str]:
+        response = await through.Recommend(pb.RecommendRequest(limit=K, **fields), timeout=timeout_s)
         return [item.product_id for item in response.items]
 
     async def record(user: str, product_id: str) -> None:
@@ -151,6 +192,7 @@ async def served_lists(stub: pb_grpc.RecommenderStub, steps: Sequence[Step], pop
     for step in steps:
         lists["visual"].append(await recommend(product_id=step.query))
         lists["history_aware"].append(await recommend(product_id=step.query, user_id=step.user))
+        lists["own_views_only"].append(await recommend(own_views_stub, product_id=step.query, user_id=step.user))
         lists["history_only"].append(await recommend(user_id=step.user))
         lists["most_viewed"].append(popularity.most_viewed(step))
         lists["category_popularity"].append(popularity.category_popularity(step))

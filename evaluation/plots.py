@@ -17,6 +17,7 @@ from evaluation.run import Evaluation  # noqa: E402
 EXAMPLE_QUERIES = 6
 EXAMPLE_RESULTS = 5
 METHOD_LABELS = {"visual": "(a) visual only", "history_aware": "(b) history-aware",
+                 "own_views_only": "(b) without popularity",
                  "history_only": "(c) history only", "most_viewed": "(d) most viewed",
                  "category_popularity": "(d) category popularity"}
 

@@ -107,11 +107,16 @@ the test shoppers ({evaluation.config.test_shoppers}); every model version meets
 **Task**: a shopper has viewed a history and is looking at its last product; the next view must be among the top
 10. Test: the last {evaluation.config.test_steps} views of each test shopper, each held out in turn
 ({results[0].test_steps} predictions). Methods (a)-(c) are Recommend calls to a gateway with the chosen weights,
-the histories recorded through RecordView; (d) are computed from the popularity shoppers' views.
+the histories recorded through RecordView; (d) are computed from the popularity shoppers' views. The ranker's
+popularity part counts views by all shoppers in Redis: before each version is measured Redis is emptied and
+given the popularity shoppers' views (the same crowd as (d)); the validation and test shoppers' views add to
+them as they are recorded, never a view before it happens. "(b) without popularity" is a second gateway whose
+weights leave popularity out: what the shopper's own views add to (a).
 
-**Tuning** on the last view of each validation shopper ({results[0].validation_steps} predictions):
-{len(results[0].validation)} weight settings (visual 1; history, category and half-life on a grid), each run
-by an in-process pipeline over the same Triton, Qdrant and Redis; the best hit@10 (then NDCG@10) is chosen.
+**Tuning** on the last view of each validation shopper ({results[0].validation_steps} predictions), in two
+stages, each setting run by an in-process pipeline over the same Triton, Qdrant and Redis: the shopper's own
+signals with popularity 0 (visual 1; history, category and half-life on a grid), then popularity weights on top
+of the best of those; {len(results[0].validation)} settings in all, the best hit@10 (then NDCG@10) is chosen.
 
 {chr(10).join(tuning_line(r) for r in results)}
 
@@ -119,8 +124,18 @@ by an in-process pipeline over the same Triton, Qdrant and Redis; the best hit@1
 |{" --- |" * (1 + 2 * len(results))}
 {rows}
 
+{chr(10).join(own_views_line(r) for r in results)}
+
 ![personalisation](personalisation.png)
 """
+
+
+def own_views_line(result: PersonalisationResult) -> str:
+    """What the shopper's own views add to the visual list, without popularity."""
+    test = result.test
+    lift = test["own_views_only"]["hit"] / max(test["visual"]["hit"], 1e-9) - 1
+    return (f"- v{result.version}: own views alone lift hit@10 from {test['visual']['hit']:.3f} to "
+            f"{test['own_views_only']['hit']:.3f} ({lift:+.1%}); with popularity, {test['history_aware']['hit']:.3f}.")
 
 
 def tuning_line(result: PersonalisationResult) -> str:
@@ -128,8 +143,9 @@ def tuning_line(result: PersonalisationResult) -> str:
     chosen = max(result.validation, key=lambda entry: (entry[1]["hit"], entry[1]["ndcg"]))[1]
     default = next((scores for weights, scores in result.validation if weights == result.default_weights), None)
     w = result.weights
-    line = (f"- v{result.version}: history {w.history:g}, category {w.category:g}, half-life {w.half_life_views:g} "
-            f"views (validation hit@10 {chosen['hit']:.3f}, NDCG@10 {chosen['ndcg']:.3f})")
+    line = (f"- v{result.version}: history {w.history:g}, category {w.category:g}, popularity {w.popularity:g}, "
+            f"half-life {w.half_life_views:g} views (validation hit@10 {chosen['hit']:.3f}, "
+            f"NDCG@10 {chosen['ndcg']:.3f})")
     if default is not None:
         line += f"; the default weights scored {default['hit']:.3f} / {default['ndcg']:.3f}"
     return line + "."
@@ -247,7 +263,8 @@ def numbers(evaluation: Evaluation) -> dict[str, object]:
                      "client": r.load.client, "stages": r.load.stages},
             "index_seconds": r.index_seconds} for r in evaluation.versions],
         "personalisation": [{
-            "version": p.version, "weights": asdict(p.weights), "test": p.test, "test_steps": p.test_steps,
+            "version": p.version, "weights": asdict(p.weights), "own_views_weights": asdict(p.own_views_weights),
+            "test": p.test, "test_steps": p.test_steps,
             "validation_steps": p.validation_steps,
             "validation": [{"weights": asdict(w), **scores} for w, scores in p.validation]}
             for p in evaluation.personalisation],

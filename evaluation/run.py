@@ -13,13 +13,16 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway import sources
@@ -38,7 +41,8 @@ from stack.rollout import build_collection
 
 from evaluation import metrics as measures
 from evaluation.latency import LoadRun, load_run
-from evaluation.personalisation import METHODS, Popularity, scores_of, served_lists, steps_of, tune_weights
+from evaluation.personalisation import (METHODS, Popularity, record_crowd, scores_of, served_lists, steps_of,
+                                        tune_weights)
 from evaluation.retrieval import (InProcess, Served, in_process_results, png, served_results,
                                   stored_vectors, stratified_queries, wait_for_model)
 from evaluation.shoppers import Catalog, ShopperConfig, simulate
@@ -89,6 +93,7 @@ class VersionResult:
 class PersonalisationResult:
     version: str
     weights: Weights
+    own_views_weights: Weights
     default_weights: Weights
     validation: list[tuple[Weights, dict[str, float]]]
     test: dict[str, dict[str, float]]
@@ -150,8 +155,8 @@ async def evaluate(config: EvalConfig, settings: Settings, repository: Path) -> 
                 async with follow_alias(gateway.serving, settings, poll_s=0.5), \
                         grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
                     stub = pb_grpc.RecommenderStub(channel)
-                    load_users = await prepare_load_users(stub, catalog_ids)
                     for version in versions:
+                        load_users = await prepare_load_users(stub, catalog_ids)
                         await aliases.point(settings.collection, versioned_collection(settings.collection, version))
                         model = await wait_for_model(stub, query_images[0], version)
                         log.info("measuring %s", model)
@@ -217,17 +222,39 @@ async def measure_version(config: EvalConfig, gateway: Gateway, stub: pb_grpc.Re
 async def measure_personalisation(config: EvalConfig, gateway: Gateway, settings: Settings, metrics: Metrics,
                                   version: str, catalog_ids: list[str], catalog_pixels: np.ndarray,
                                   catalog_labels: np.ndarray) -> PersonalisationResult:
-    """Tunes the ranker on validation shoppers, then serves the test shoppers with the chosen weights."""
+    """Tunes the ranker on validation shoppers, then serves the test shoppers with the chosen weights.
+
+    Redis starts empty but for the crowd's views, so no version sees views recorded for another.
+    """
     shopper_config = ShopperConfig()
     catalog = Catalog(catalog_pixels[:len(catalog_ids)], catalog_labels, shopper_config, config.seed)
     categories = [CLASS_NAMES[label] for label in catalog_labels]
-    popularity = Popularity(simulate(catalog, config.popularity_shoppers, config.seed + 1), catalog_ids, categories)
+    crowd = simulate(catalog, config.popularity_shoppers, config.seed + 1)
+    popularity = Popularity(crowd, catalog_ids, categories)
+    async with Redis.from_url(settings.redis_url) as redis:
+        await redis.flushdb()
+    await record_crowd(gateway.pipeline.history, crowd, catalog_ids)
     validation = steps_of(simulate(catalog, config.validation_shoppers, config.seed + 2), catalog_ids,
                           f"v{version}-validation", last=1)
-    weights, grid = await tune_weights(gateway.pipeline, settings, metrics, validation)
-    log.info("ranker weights chosen on %d validation steps: %s", len(validation), weights)
+    tuning = await tune_weights(gateway.pipeline, settings, metrics, validation)
+    log.info("ranker weights chosen on %d validation steps: %s", len(validation), tuning.weights)
     test = steps_of(simulate(catalog, config.test_shoppers, config.seed + 3), catalog_ids, f"v{version}-test",
                     last=config.test_steps)
+    async with gateway_with_weights(gateway, settings, metrics, tuning.weights) as tuned, \
+            gateway_with_weights(gateway, settings, metrics, tuning.own_views_weights) as own_views:
+        lists = await served_lists(tuned, own_views, test, popularity)
+    scores = scores_of(lists, test)
+    for method in METHODS:
+        log.info("version %s, %s: hit@10 %.3f, NDCG@10 %.3f", version, method, scores[method]["hit"],
+                 scores[method]["ndcg"])
+    return PersonalisationResult(version, tuning.weights, tuning.own_views_weights, settings.weights, tuning.scores,
+                                 scores, len(validation), len(test), shopper_config)
+
+
+@asynccontextmanager
+async def gateway_with_weights(gateway: Gateway, settings: Settings, metrics: Metrics,
+                               weights: Weights) -> AsyncIterator[pb_grpc.RecommenderStub]:
+    """A stub of a second gateway over the same backends whose ranker uses ``weights``."""
     tuned_settings = dataclasses.replace(settings, weights=weights)
     pool = ThreadPoolExecutor(1)
     pipeline = gateway.pipeline
@@ -236,13 +263,7 @@ async def measure_personalisation(config: EvalConfig, gateway: Gateway, settings
                                 address="127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{tuned.port}") as channel:
-            lists = await served_lists(pb_grpc.RecommenderStub(channel), test, popularity)
+            yield pb_grpc.RecommenderStub(channel)
     finally:
         await tuned.stop(grace_s=1)
         pool.shutdown()
-    scores = scores_of(lists, test)
-    for method in METHODS:
-        log.info("version %s, %s: hit@10 %.3f, NDCG@10 %.3f", version, method, scores[method]["hit"],
-                 scores[method]["ndcg"])
-    return PersonalisationResult(version, weights, settings.weights, grid, scores, len(validation), len(test),
-                                 shopper_config)

@@ -84,6 +84,7 @@ class Settings:
                 visual=float(get("RANK_WEIGHT_VISUAL") or weights.visual),
                 history=float(get("RANK_WEIGHT_HISTORY") or weights.history),
                 category=float(get("RANK_WEIGHT_CATEGORY") or weights.category),
+                popularity=float(get("RANK_WEIGHT_POPULARITY") or weights.popularity),
                 half_life_views=float(get("RANK_HALF_LIFE_VIEWS") or weights.half_life_views),
                 exclude_viewed=(get("RANK_EXCLUDE_VIEWED") or str(weights.exclude_viewed)).lower() in ("1", "true"),
             ),

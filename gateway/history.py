@@ -8,10 +8,14 @@ append-only file until Redis next rewrites it (BGREWRITEAOF).
 
 An entry is ``b"<viewed_at_ms>:<product id as UTF-8>"``. The decimal timestamp holds no colon, so
 splitting at the first colon is unambiguous whatever characters the product id contains.
+
+Every view also adds one to its product's count in the sorted set ``{namespace}:popularity``: views by
+all shoppers, with no user in it, so forgetting a user leaves the counts as they are.
 """
 
 import hashlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Self
 
@@ -52,16 +56,35 @@ class RedisHistory:
         return cls(client, max_views=max_views, ttl_s=ttl_s, namespace=namespace)
 
     async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None:
-        """Prepends a view, trims to max_views and renews the TTL in one MULTI/EXEC transaction."""
+        """Prepends a view, trims to max_views, renews the TTL and counts the view for the product's
+        popularity, in one MULTI/EXEC transaction."""
         key = self._key(user_id)
         if viewed_at_ms < 0:
             raise InvalidArgument(f"viewed_at_ms must be >= 0 (milliseconds since the epoch), "
                                   f"got {viewed_at_ms}")
-        entry = str(viewed_at_ms).encode() + b":" + _utf8("product_id", product_id)
+        product = _utf8("product_id", product_id)
+        entry = str(viewed_at_ms).encode() + b":" + product
         with _unavailable_on_redis_error():
             async with self._redis.pipeline(transaction=True) as transaction:
                 transaction.lpush(key, entry).ltrim(key, 0, self.max_views - 1).expire(key, self.ttl_s)
+                transaction.zincrby(self._popularity_key, 1, product)
                 await transaction.execute()
+
+    async def popularity(self, product_ids: Sequence[str]) -> list[float]:
+        """Per product, ``log(1 + views) / log(1 + views of the most viewed product)``: 0..1, 0 if never viewed.
+
+        The log keeps a few hits from drowning the rest: ten times the views is one step, not ten.
+        """
+        if not product_ids:
+            return []
+        members = [_utf8("product_id", product_id) for product_id in product_ids]
+        with _unavailable_on_redis_error():
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                pipeline.zmscore(self._popularity_key, members).zrange(self._popularity_key, 0, 0, desc=True,
+                                                                       withscores=True)
+                counts, top = await pipeline.execute()
+        scale = math.log1p(top[0][1]) if top else 0.0
+        return [math.log1p(count) / scale if count and scale else 0.0 for count in counts]
 
     async def recent(self, user_id: str, limit: int | None = None) -> list[View]:
         """Up to limit (default and at most max_views) of the user's views, newest first."""
@@ -87,6 +110,10 @@ class RedisHistory:
     async def close(self) -> None:
         """Closes the connection pool."""
         await self._redis.aclose()
+
+    @property
+    def _popularity_key(self) -> str:
+        return f"{self.namespace}:popularity"
 
     def _key(self, user_id: str) -> str:
         digest = hashlib.sha256(_utf8("user_id", user_id)).hexdigest()

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Stage latencies range from ~50 µs (history) to a few seconds (embedding under load).
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
-STAGES = ("decode", "embed", "search", "history", "rerank", "total")
+STAGES = ("decode", "embed", "search", "history", "popularity", "rerank", "total")
 DEGRADABLE_STAGES = ("history",)
 
 

@@ -1,4 +1,5 @@
-"""The recommendation data plane: decode → embed ‖ history → search → re-rank, each stage with a deadline."""
+"""The recommendation data plane: decode → embed ‖ history → search → popularity → re-rank, each stage with a
+deadline."""
 
 import asyncio
 import copy
@@ -49,6 +50,7 @@ class Recommended:
     visual_score: float
     history_score: float
     category_score: float
+    popularity_score: float
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,15 @@ class Pipeline:
             vector = taste
         taste_hits = await self._search(taste, pool, query.categories, exclude) if taste is not None else []
         neighbours = _merge(vector, visual_hits, taste_hits)
+        popularity, popularity_degraded = await self._popularity(neighbours, bool(history))
+        degraded = tuple(dict.fromkeys(degraded + popularity_degraded))
         with self._metrics.stage("rerank"):
-            candidates = [Candidate(n.item.product_id, n.item.category, n.item.vector, n.score) for n in neighbours]
+            candidates = [Candidate(n.item.product_id, n.item.category, n.item.vector, n.score, share)
+                          for n, share in zip(neighbours, popularity, strict=True)]
             ranked = rerank(candidates, history, self._settings.weights, limit)
         attributes = {n.item.product_id: dict(n.item.attributes) for n in neighbours}
         items = [Recommended(r.product_id, r.category, attributes[r.product_id], r.score, r.visual_score,
-                             r.history_score, r.category_score) for r in ranked]
+                             r.history_score, r.category_score, r.popularity_score) for r in ranked]
         for stage in degraded:
             self._metrics.degraded.labels(stage).inc()
         return Recommendations(items, str(self.embedder.info), degraded)
@@ -193,6 +198,23 @@ class Pipeline:
             except (Unavailable, TimeoutError) as error:
                 log.warning("history skipped: %s", error or "timed out")
                 return [], ("history",)
+
+    async def _popularity(self, neighbours: Sequence[Neighbour],
+                          history_aware: bool) -> tuple[list[float], tuple[str, ...]]:
+        """Per neighbour its popularity among all shoppers (0..1); all 0 with a 'history' degradation if
+        Redis fails or is slow.
+
+        Only a history-aware list uses popularity: an anonymous or new shopper gets the visual order.
+        """
+        if not (neighbours and history_aware and self._settings.weights.popularity):
+            return [0.0] * len(neighbours), ()
+        with self._metrics.stage("popularity"):
+            try:
+                async with asyncio.timeout(self._settings.history_timeout_s):
+                    return await self.history.popularity([n.item.product_id for n in neighbours]), ()
+            except (Unavailable, TimeoutError) as error:
+                log.warning("popularity skipped: %s", error or "timed out")
+                return [0.0] * len(neighbours), ("history",)
 
     async def _history_items(self, viewed_ids: Sequence[str]) -> list[HistoryItem]:
         if not viewed_ids:

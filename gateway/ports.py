@@ -1,5 +1,6 @@
 """The pipeline's view of its three backends; adapters implement these protocols."""
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +29,8 @@ class HistoryStore(Protocol):
     async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None: ...
 
     async def recent(self, user_id: str, limit: int | None = None) -> list[View]: ...
+
+    async def popularity(self, product_ids: Sequence[str]) -> list[float]: ...
 
     async def forget(self, user_id: str) -> None: ...
 

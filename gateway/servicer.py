@@ -37,7 +37,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.RecommendResponse(
             items=[pb.Recommendation(product_id=item.product_id, category=item.category, score=item.score,
                                      visual_score=item.visual_score, history_score=item.history_score,
-                                     category_score=item.category_score, attributes=item.attributes)
+                                     category_score=item.category_score, popularity_score=item.popularity_score,
+                                     attributes=item.attributes)
                    for item in result.items],
             model=result.model,
             degraded=list(result.degraded),

@@ -21,6 +21,11 @@ async def keys_in(client: Redis, namespace: str) -> list[bytes]:
     return [key async for key in client.scan_iter(match=f"{namespace}:*")]
 
 
+async def user_keys_in(client: Redis, namespace: str) -> list[bytes]:
+    """The keys of users' histories under the namespace."""
+    return await keys_in(client, f"{namespace}:history")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server for the whole session, on a free port with its data in a temporary folder."""

@@ -146,6 +146,23 @@ async def test_history_only_and_product_id_queries(recommender, catalog_ids_by_c
     assert "no-such-product" in error.value.details()
 
 
+async def test_a_product_many_shoppers_view_moves_up_for_a_shopper_with_views(recommender,
+                                                                            catalog_ids_by_category):
+    query, seen = catalog_ids_by_category["Sneaker"][10:12]
+    anonymous = await recommend(recommender, product_id=query, limit=20)
+    popular = anonymous.items[9].product_id
+    for shopper in range(30):
+        await recommender.RecordView(pb.RecordViewRequest(user_id=f"crowd-{shopper}", product_id=popular), timeout=5)
+    await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-p", product_id=seen), timeout=5)
+
+    personal = await recommend(recommender, product_id=query, user_id="shopper-p", limit=20)
+    scores = {item.product_id: item.popularity_score for item in personal.items}
+    assert scores[popular] == pytest.approx(1.0)
+    assert [item.product_id for item in personal.items].index(popular) < 9
+    assert [item.popularity_score for item in (await recommend(recommender, product_id=query, limit=20)).items] \
+        == [0.0] * 20, "an anonymous list is the visual order"
+
+
 async def test_category_filter_is_honoured(recommender, test_split):
     response = await recommend(recommender, image=png(test_split.images[0]), limit=20,
                                filter=pb.Filter(categories=["Coat", "Shirt"]))
@@ -266,11 +283,13 @@ async def test_grpcurl_calls_recommend_through_reflection(stack):
     assert len(json.loads(result.stdout)["items"]) == 3
 
 
-async def test_metrics_record_stages_and_status_codes(stack, recommender, test_split):
+async def test_metrics_record_stages_and_status_codes(stack, recommender, test_split, catalog_ids_by_category):
     _, metrics, _ = stack
+    await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-e", product_id=catalog_ids_by_category["Bag"][0]),
+                                 timeout=5)
     await recommend(recommender, image=png(test_split.images[2]), user_id="shopper-e")
     sample = metrics.registry.get_sample_value
-    for stage in ("decode", "embed", "search", "history", "rerank", "total"):
+    for stage in ("decode", "embed", "search", "history", "popularity", "rerank", "total"):
         assert sample("recsys_stage_duration_seconds_count", {"stage": stage}) >= 1, stage
     assert sample("recsys_requests_total", {"method": "Recommend", "code": "OK"}) >= 1
     assert sample("recsys_requests_total", {"method": "Recommend", "code": "INVALID_ARGUMENT"}) >= 1

@@ -56,7 +56,8 @@ def test_personalisation_and_load_are_measured(report) -> None:
     for personalisation in numbers["personalisation"]:
         assert set(personalisation["test"]) == set(METHODS)
         assert personalisation["test_steps"] == QUICK.test_shoppers * QUICK.test_steps
-        assert len(personalisation["validation"]) == 60
+        assert len(personalisation["validation"]) == 60 + 4, "two tuning stages"
+        assert personalisation["own_views_weights"]["popularity"] == 0
         assert all(0 <= scores["ndcg"] <= scores["hit"] <= 1 for scores in personalisation["test"].values())
     baselines = [p["test"][method] for p in numbers["personalisation"] for method in ("most_viewed",
                                                                                       "category_popularity")]

@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from gateway.domain import InvalidArgument, Unavailable, View
 from gateway.history import RedisHistory
 from stack.net import free_port
 from stack.redis import RedisServer
-from tests.redis_fixtures import HistoryFactory, keys_in
+from tests.redis_fixtures import HistoryFactory, user_keys_in
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UNAVAILABLE = r"^history store \(Redis\) unavailable: "
@@ -49,14 +50,14 @@ async def test_history_is_capped_at_max_views(history_factory: HistoryFactory, r
         await history.record("u1", f"p{index}", index)
 
     assert [view.product_id for view in await history.recent("u1", limit=10)] == ["p4", "p3", "p2"]
-    [key] = await keys_in(redis_client, history.namespace)
+    [key] = await user_keys_in(redis_client, history.namespace)
     assert await redis_client.llen(key) == 3
 
 
 async def test_every_view_sets_and_renews_the_ttl(history_factory: HistoryFactory, redis_client: Redis) -> None:
     history = history_factory(ttl_s=1_000)
     await history.record("u1", "p1", 1)
-    [key] = await keys_in(redis_client, history.namespace)
+    [key] = await user_keys_in(redis_client, history.namespace)
     assert 990 <= await redis_client.ttl(key) <= 1_000
 
     await redis_client.expire(key, 5)  # as if the history had aged
@@ -78,20 +79,45 @@ async def test_record_is_one_transaction(history_factory: HistoryFactory, redis_
             if event["client_port"] == ping["client_port"]:
                 seen.append(event["command"])
 
-    [key] = [key.decode() for key in await keys_in(redis_client, history.namespace)]
-    assert seen == ["MULTI", f"LPUSH {key} 5:p1", f"LTRIM {key} 0 6", f"EXPIRE {key} 1234", "EXEC"]
+    [key] = [key.decode() for key in await user_keys_in(redis_client, history.namespace)]
+    assert seen == ["MULTI", f"LPUSH {key} 5:p1", f"LTRIM {key} 0 6", f"EXPIRE {key} 1234",
+                    f"ZINCRBY {history.namespace}:popularity 1 p1", "EXEC"]
+
+
+async def test_popularity_is_the_log_scaled_view_count_of_all_shoppers(history_factory: HistoryFactory) -> None:
+    history = history_factory()
+    assert await history.popularity(["p1", "never-viewed"]) == [0.0, 0.0]
+    views = {"p1": 8, "p2": 2, "p3": 1}
+    for product_id, count in views.items():
+        for user in range(count):
+            await history.record(f"u{user}", product_id, user)
+
+    shares = await history.popularity(["p3", "never-viewed", "p1", "p2"])
+    assert shares == pytest.approx([math.log(2) / math.log(9), 0.0, 1.0, math.log(3) / math.log(9)])
+    assert await history.popularity([]) == []
+
+
+async def test_forgetting_a_user_keeps_the_anonymous_view_counts(history_factory: HistoryFactory,
+                                                                redis_client: Redis) -> None:
+    history = history_factory()
+    await history.record("leaving", "p1", 1)
+    await history.record("staying", "p2", 2)
+    await history.forget("leaving")
+
+    assert await history.popularity(["p1", "p2"]) == [1.0, 1.0]
+    assert len(await user_keys_in(redis_client, history.namespace)) == 1
 
 
 async def test_forget_leaves_nothing_for_the_user(history_factory: HistoryFactory, redis_client: Redis) -> None:
     history = history_factory()
     await history.record("leaving", "p1", 1)
     await history.record("staying", "p2", 2)
-    keys_before = set(await keys_in(redis_client, history.namespace))
+    keys_before = set(await user_keys_in(redis_client, history.namespace))
 
     await history.forget("leaving")
     await history.forget("never-seen")
 
-    keys_after = set(await keys_in(redis_client, history.namespace))
+    keys_after = set(await user_keys_in(redis_client, history.namespace))
     assert len(keys_before) == 2 and len(keys_after) == 1 and keys_after < keys_before
     assert await history.recent("leaving") == []
     assert await history.recent("staying") == [View("p2", 2)]
@@ -104,8 +130,8 @@ async def test_namespaces_do_not_see_each_other(history_factory: HistoryFactory,
     assert await shop_b.recent("u1") == []
     await shop_b.forget("u1")
     assert await shop_a.recent("u1") == [View("p1", 1)]
-    assert len(await keys_in(redis_client, shop_a.namespace)) == 1
-    assert await keys_in(redis_client, shop_b.namespace) == []
+    assert len(await user_keys_in(redis_client, shop_a.namespace)) == 1
+    assert await user_keys_in(redis_client, shop_b.namespace) == []
 
 
 async def test_user_id_is_stored_nowhere_in_clear(history_factory: HistoryFactory, redis_client: Redis,
@@ -114,7 +140,7 @@ async def test_user_id_is_stored_nowhere_in_clear(history_factory: HistoryFactor
     history = history_factory()
     await history.record(user_id, "product-on-disk", 1)
 
-    [key] = await keys_in(redis_client, history.namespace)
+    [key] = await user_keys_in(redis_client, history.namespace)
     digest = hashlib.sha256(user_id.encode()).hexdigest()
     assert key.decode() == f"{history.namespace}:history:{digest}"
     on_disk = b"".join(path.read_bytes() for path in redis_server.data_dir.rglob("*") if path.is_file())

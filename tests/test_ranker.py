@@ -29,14 +29,15 @@ def scenarios(draw: st.DrawFn, min_history: int = 0) -> Scenario:
     dim = draw(st.integers(1, 5))
     ids = draw(st.lists(st.sampled_from(PRODUCT_IDS), unique=True, max_size=10))
     candidates = [Candidate(product_id, draw(st.sampled_from(CATEGORIES)), draw(vectors(dim)),
-                            draw(st.floats(-1, 1))) for product_id in ids]
+                            draw(st.floats(-1, 1)), draw(st.floats(0, 1))) for product_id in ids]
     history = draw(st.lists(st.builds(HistoryItem, st.sampled_from(PRODUCT_IDS), st.sampled_from(CATEGORIES),
                                       vectors(dim), st.integers(0, 30)), min_size=min_history, max_size=8))
     return candidates, history
 
 
-weights_strategy = st.builds(Weights, st.floats(0, 2), st.floats(0, 2), st.floats(0, 2), st.floats(0.1, 20),
-                             st.booleans())
+weights_strategy = st.builds(Weights, visual=st.floats(0, 2), history=st.floats(0, 2), category=st.floats(0, 2),
+                             popularity=st.floats(0, 2), half_life_views=st.floats(0.1, 20),
+                             exclude_viewed=st.booleans())
 
 
 def visual_order(candidates: list[Candidate]) -> list[str]:
@@ -68,8 +69,8 @@ def bag_view(product_id: str, vector: list[float], position: int = 0) -> History
 
 @few_examples
 @given(scenarios(), weights_strategy)
-def test_empty_history_gives_the_visual_order(scenario: Scenario, weights: Weights) -> None:
-    candidates, _ = scenario
+def test_empty_history_and_no_popularity_give_the_visual_order(scenario: Scenario, weights: Weights) -> None:
+    candidates = [replace(candidate, popularity=0.0) for candidate in scenario[0]]
     ranked = rerank(candidates, [], weights)
     assert ids_of(ranked) == visual_order(candidates)
     for r in ranked:
@@ -92,11 +93,19 @@ def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weigh
             expected_category /= sum(recency)
         else:
             expected_history = expected_category = 0.0
-        assert r.visual_score == candidate.visual_score
+        assert (r.visual_score, r.popularity_score) == (candidate.visual_score, candidate.popularity)
         assert r.history_score == pytest.approx(expected_history, abs=1e-9)
         assert r.category_score == pytest.approx(expected_category, abs=1e-9)
         assert r.score == pytest.approx(weights.visual * r.visual_score + weights.history * r.history_score
-                                        + weights.category * r.category_score, abs=1e-12)
+                                        + weights.category * r.category_score
+                                        + weights.popularity * r.popularity_score, abs=1e-12)
+
+
+def test_popularity_lifts_a_product_shoppers_view_more_over_a_slightly_closer_one() -> None:
+    closer, popular = bag("closer", [1, 0], visual_score=0.80), replace(bag("popular", [1, 0], 0.75), popularity=1.0)
+    history = [bag_view("seen", [0, 1])]
+    assert ids_of(rerank([closer, popular], history)) == ["popular", "closer"]
+    assert ids_of(rerank([closer, popular], history, Weights(popularity=0.0))) == ["closer", "popular"]
 
 
 @few_examples
@@ -116,7 +125,7 @@ def test_history_in_one_category_moves_that_category_up(scenario: Scenario, cate
                                                         category_weight: float, exclude_viewed: bool) -> None:
     candidates, history = scenario
     history = [replace(h, category=category) for h in history]
-    weights = Weights(history=0.0, category=category_weight, exclude_viewed=exclude_viewed)
+    weights = Weights(history=0.0, category=category_weight, popularity=0.0, exclude_viewed=exclude_viewed)
     ranked = ids_of(rerank(candidates, history, weights))
     before = visual_order([c for c in candidates if c.product_id in ranked])
     for c in candidates:
@@ -220,6 +229,7 @@ def test_history_vector_leans_to_recent_views() -> None:
     ({"visual": -0.1}, "weight visual must be a finite number >= 0"),
     ({"history": float("nan")}, "weight history must be a finite number >= 0"),
     ({"category": float("inf")}, "weight category must be a finite number >= 0"),
+    ({"popularity": -1.0}, "weight popularity must be a finite number >= 0"),
     ({"half_life_views": 0.0}, "half_life_views must be a finite number > 0"),
 ])
 def test_invalid_weights_are_rejected(fields: dict[str, float], message: str) -> None:
@@ -234,6 +244,8 @@ def test_invalid_weights_are_rejected(fields: dict[str, float], message: str) ->
     ([bag("a", [])], [], None, "vector must be 1-D and non-empty"),
     ([bag("a", [1, float("nan")])], [], None, "candidate a: vector has non-finite values"),
     ([bag("a", [1, 0], float("nan"))], [], None, "candidate a: visual_score must be finite"),
+    ([Candidate("a", "bags", np.ones(2), 0.5, 1.5)], [], None, "candidate a: popularity must be in 0..1"),
+    ([Candidate("a", "bags", np.ones(2), 0.5, float("nan"))], [], None, "candidate a: popularity must be in 0..1"),
     ([bag("a", [1, 0]), bag("a", [0, 1])], [], None, "unique, repeated: a"),
     ([bag("a", [1, 0])], [bag_view("v", [1, 0], -1)], None, "history item v: position must be >= 0"),
     ([bag("a", [1, 0])], [], -1, "limit must be >= 0"),

@@ -145,7 +145,8 @@ async def recommend(request: web.Request) -> web.Response:
         "degraded": list(response.degraded),
         "items": [{"product_id": item.product_id, "category": item.category, "score": item.score,
                    "visual_score": item.visual_score, "history_score": item.history_score,
-                   "category_score": item.category_score, "attributes": dict(item.attributes),
+                   "category_score": item.category_score, "popularity_score": item.popularity_score,
+                   "attributes": dict(item.attributes),
                    "image_url": image_url(item.product_id)}
                   for item in response.items],
     })

@@ -61,7 +61,8 @@ function resultCard(item, rank) {
     element("dt", {}, "score"), element("dd", {}, score(item.score)),
     element("dt", {}, "visual"), element("dd", {}, score(item.visual_score)),
     element("dt", {}, "history"), element("dd", {}, score(item.history_score)),
-    element("dt", {}, "category"), element("dd", {}, score(item.category_score)));
+    element("dt", {}, "category"), element("dd", {}, score(item.category_score)),
+    element("dt", {}, "popular"), element("dd", {}, score(item.popularity_score)));
   const button = element("button", {
     type: "button", class: "result", "data-product-id": item.product_id,
     "data-history-score": String(item.history_score), title: "Record a view of this product and re-rank",
