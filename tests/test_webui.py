@@ -170,6 +170,7 @@ async def test_recommend_returns_filtered_items_with_score_parts_and_image_urls(
     assert result["model"].startswith("product_embedder/")
     first = result["items"][0]
     assert first["score"] == pytest.approx(first["visual_score"])  # anonymous: no history parts
+    assert first["popularity_score"] == 0.0
     async with http.get(webui.url + first["image_url"].lstrip("/")) as response:
         assert response.status == 200 and response.content_type == "image/jpeg"
 
