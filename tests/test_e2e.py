@@ -329,6 +329,9 @@ class BrokenHistory:
     async def recent(self, user_id: str, limit: int | None = None) -> list:
         raise RuntimeError("secret internal detail")
 
+    async def ping(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
