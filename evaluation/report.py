@@ -21,6 +21,11 @@ GOAL_LIFT = 0.25
 METRIC_NAMES = {"precision": "precision", "recall": "recall", "map": "mAP", "hit": "hit"}
 
 
+def lift_over_visual(test: dict[str, dict[str, float]], method: str) -> float:
+    """Relative hit@10 gain of ``method`` over the visual-only list."""
+    return test[method]["hit"] / max(test["visual"]["hit"], 1e-9) - 1
+
+
 def goals(evaluation: Evaluation) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) for the issue's goals that this evaluation measured."""
     rows = []
@@ -31,7 +36,7 @@ def goals(evaluation: Evaluation) -> list[tuple[str, str, bool]]:
             rows.append((f"precision@10 of v{version} >= {goal}", f"{precision:.3f}", precision >= goal))
     for result in evaluation.personalisation:
         test = result.test
-        lift = test["history_aware"]["hit"] / max(test["visual"]["hit"], 1e-9) - 1
+        lift = lift_over_visual(test, "history_aware")
         best_baseline = max(test["most_viewed"]["hit"], test["category_popularity"]["hit"])
         rows.append((f"v{result.version}: (b) over (a), relative hit@10 lift >= {GOAL_LIFT:.0%}", f"{lift:+.1%}",
                      lift >= GOAL_LIFT))
@@ -133,14 +138,14 @@ of the best of those; {len(results[0].validation)} settings in all, the best hit
 def own_views_line(result: PersonalisationResult) -> str:
     """What the shopper's own views add to the visual list, without popularity."""
     test = result.test
-    lift = test["own_views_only"]["hit"] / max(test["visual"]["hit"], 1e-9) - 1
     return (f"- v{result.version}: own views alone lift hit@10 from {test['visual']['hit']:.3f} to "
-            f"{test['own_views_only']['hit']:.3f} ({lift:+.1%}); with popularity, {test['history_aware']['hit']:.3f}.")
+            f"{test['own_views_only']['hit']:.3f} ({lift_over_visual(test, 'own_views_only'):+.1%}); "
+            f"with popularity, {test['history_aware']['hit']:.3f}.")
 
 
 def tuning_line(result: PersonalisationResult) -> str:
     """The weights chosen for one version, with their validation scores and those of the defaults."""
-    chosen = max(result.validation, key=lambda entry: (entry[1]["hit"], entry[1]["ndcg"]))[1]
+    chosen = dict(result.validation)[result.weights]
     default = next((scores for weights, scores in result.validation if weights == result.default_weights), None)
     w = result.weights
     line = (f"- v{result.version}: history {w.history:g}, category {w.category:g}, popularity {w.popularity:g}, "

@@ -131,7 +131,7 @@ class Pipeline:
         taste_hits = await self._search(taste, pool, query.categories, exclude) if taste is not None else []
         neighbours = _merge(vector, visual_hits, taste_hits)
         popularity, popularity_degraded = await self._popularity(neighbours, bool(history))
-        degraded = tuple(dict.fromkeys(degraded + popularity_degraded))
+        degraded += popularity_degraded  # popularity is only read after the history was, so never twice
         with self._metrics.stage("rerank"):
             candidates = [Candidate(n.item.product_id, n.item.category, n.item.vector, n.score, share)
                           for n, share in zip(neighbours, popularity, strict=True)]

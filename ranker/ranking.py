@@ -10,9 +10,9 @@ Each candidate gets four score parts:
 
 and ``score = visual * visual_score + history * history_score + category * category_score
 + popularity * popularity_score`` with the weights of :class:`Weights`. The view at position ``p``
-(0 = most recent) has the recency weight
-``0.5 ** (p / half_life_views)``; the weights of a history are normalised to sum 1. With an empty history
-both history parts are 0; with popularity 0 as well the order is the visual order.
+(0 = most recent) has the recency weight ``0.5 ** (p / half_life_views)``; the weights of a history are
+normalised to sum 1. With an empty history both history parts are 0; with popularity 0 as well the order
+is the visual order.
 """
 
 import math

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.fashion_mnist import load_split
+from gateway.history import DEFAULT_MAX_VIEWS
 from gateway.images import encode_png
 from stack.load import Outcome, closed_loop, open_loop, percentiles, timed, write_report_files
 from stack.net import free_port
@@ -52,7 +53,7 @@ class Options:
     fraction: float = 0.7
     catalog: int = 1000
     probe_seconds: float = 20.0
-    history_views: int = 50  # views per user before the probe: the history cap, as after a long run
+    history_views: int = DEFAULT_MAX_VIEWS  # views per user before the probe: the cap, as after a long run
     warmup_seconds: float = 30.0
     windows: int = 10
     report_dir: Path = Path("reports")
@@ -282,7 +283,8 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.7, help="share of the measured capacity to offer")
     parser.add_argument("--catalog", type=int, default=int(os.environ.get("SOAK_CATALOG", "1000")))
     parser.add_argument("--probe-seconds", type=float, default=20.0, help="capacity measurement")
-    parser.add_argument("--history-views", type=int, default=50, help="views per user before the probe")
+    parser.add_argument("--history-views", type=int, default=Options.history_views,
+                        help="views per user before the probe")
     parser.add_argument("--warmup-seconds", type=float, default=30.0, help="at the soak's rate, not counted")
     parser.add_argument("--report-dir", type=Path, default=Path("reports"))
     args = parser.parse_args()
