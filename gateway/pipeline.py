@@ -60,17 +60,28 @@ class Recommendations:
     degraded: tuple[str, ...] = field(default=())
 
 
-async def _nothing() -> list[Neighbour]:
-    return []
+@dataclass(frozen=True)
+class _Taste:
+    """What a shopper's recent views give a query: their catalog items, the taste vector (their recency-weighted
+    direction) with its nearest products, the viewed products to leave out, and whether Redis failed."""
+
+    history: list[HistoryItem]
+    vector: np.ndarray | None
+    hits: list[Neighbour]
+    excluded: set[str]
+    degraded: tuple[str, ...]
 
 
-def _merge(query: np.ndarray, visual_hits: list[Neighbour], taste_hits: list[Neighbour]) -> list[Neighbour]:
-    """Candidates from both searches, each scored by its cosine similarity to the query vector."""
-    merged = {hit.item.product_id: hit for hit in visual_hits}
-    for hit in taste_hits:
-        if hit.item.product_id not in merged:
-            merged[hit.item.product_id] = Neighbour(hit.item, float(hit.item.vector @ query))
-    return list(merged.values())
+_NO_TASTE = _Taste([], None, [], set(), ())
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A candidate from either search, with its cosine similarity to the query and to the taste vector."""
+
+    item: CatalogItem
+    visual: float
+    taste: float
 
 
 class Pipeline:
@@ -106,38 +117,36 @@ class Pipeline:
 
     async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
         await self._check_categories_exist(query.categories)
-        history_task = asyncio.create_task(self._views(query.user_id)) if query.user_id else None
-        try:
-            vector, exclude = await self._query_vector(query)
-            views, degraded = await history_task if history_task else ([], ())
-        finally:
-            if history_task and not history_task.done():
-                history_task.cancel()
-        viewed_ids = list(dict.fromkeys(view.product_id for view in views))
-        if self._settings.weights.exclude_viewed:
-            exclude |= set(viewed_ids)
         pool = max(limit * self._settings.oversample, self._settings.min_candidates)
-        if degraded and vector is None:
-            raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
-        visual_hits, history = await asyncio.gather(
-            self._search(vector, pool, query.categories, exclude) if vector is not None else _nothing(),
-            self._history_items(viewed_ids))
-        taste = history_vector(history, self._settings.weights)
+        by_product = query.image is None and query.product_id is not None
+        queried = {check_id("product_id", query.product_id)} if by_product else set()
+        taste_task = (asyncio.create_task(self._taste(query.user_id, pool, query.categories, queried))
+                      if query.user_id else None)
+        try:
+            vector = await self._query_vector(query)
+            taste = await taste_task if taste_task else _NO_TASTE
+        finally:
+            if taste_task and not taste_task.done():
+                taste_task.cancel()
         if vector is None:
-            if taste is None:
+            if taste.degraded:
+                raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
+            if taste.vector is None:
                 raise InvalidArgument("nothing to recommend from: send an image or a product_id, "
                                       "or a user_id that has recorded views")
-            vector = taste
-        taste_hits = await self._search(taste, pool, query.categories, exclude) if taste is not None else []
-        neighbours = _merge(vector, visual_hits, taste_hits)
-        popularity, popularity_degraded = await self._popularity(neighbours, bool(history))
-        degraded += popularity_degraded  # popularity is only read after the history was, so never twice
+            vector, visual_hits = taste.vector, taste.hits
+        else:
+            visual_hits = await self._search(vector, pool, query.categories, queried | taste.excluded)
+        candidate_ids = list(dict.fromkeys(hit.item.product_id for hit in [*visual_hits, *taste.hits]))
+        scored, (popularity, popularity_degraded) = await asyncio.gather(
+            self._scored(vector, taste, visual_hits), self._popularity(candidate_ids, bool(taste.history)))
+        degraded = taste.degraded + popularity_degraded  # popularity is only read after the history was
         with self._metrics.stage("rerank"):
-            candidates = [Candidate(n.item.product_id, n.item.category, n.item.vector, n.score, share)
-                          for n, share in zip(neighbours, popularity, strict=True)]
-            ranked = rerank(candidates, history, self._settings.weights, limit)
-        attributes = {n.item.product_id: dict(n.item.attributes) for n in neighbours}
-        items = [Recommended(r.product_id, r.category, attributes[r.product_id], r.score, r.visual_score,
+            candidates = [Candidate(s.item.product_id, s.item.category, s.visual, s.taste,
+                                    popularity[s.item.product_id]) for s in scored]
+            ranked = rerank(candidates, taste.history, self._settings.weights, limit)
+        attributes = {s.item.product_id: s.item.attributes for s in scored}
+        items = [Recommended(r.product_id, r.category, dict(attributes[r.product_id]), r.score, r.visual_score,
                              r.history_score, r.category_score, r.popularity_score) for r in ranked]
         for stage in degraded:
             self._metrics.degraded.labels(stage).inc()
@@ -150,13 +159,12 @@ class Pipeline:
             raise InvalidArgument(f"limit is {requested}; the maximum is {self._settings.max_limit}")
         return requested
 
-    async def _query_vector(self, query: RecommendQuery) -> tuple[np.ndarray | None, set[str]]:
+    async def _query_vector(self, query: RecommendQuery) -> np.ndarray | None:
         if query.image is not None:
-            return await self.embed_image(query.image), set()
+            return await self.embed_image(query.image)
         if query.product_id is not None:
-            product_id = check_id("product_id", query.product_id)
-            return (await self._product(product_id)).vector, {product_id}
-        return None, set()
+            return (await self._product(query.product_id)).vector
+        return None
 
     async def embed_image(self, data: bytes) -> np.ndarray:
         """The embedding of one encoded image: decoded in the pool, embedded by Triton.
@@ -199,22 +207,34 @@ class Pipeline:
                 log.warning("history skipped: %s", error or "timed out")
                 return [], ("history",)
 
-    async def _popularity(self, neighbours: Sequence[Neighbour],
-                          history_aware: bool) -> tuple[list[float], tuple[str, ...]]:
-        """Per neighbour its popularity among all shoppers (0..1); all 0 with a 'history' degradation if
+    async def _taste(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str]) -> _Taste:
+        """The shopper's recent views, their taste vector and its nearest products (read while the query
+        image is embedded)."""
+        views, degraded = await self._views(user_id)
+        viewed_ids = list(dict.fromkeys(view.product_id for view in views))
+        history = await self._history_items(viewed_ids)
+        vector = history_vector(history, self._settings.weights)
+        excluded = set(viewed_ids) if self._settings.weights.exclude_viewed else set()
+        hits = await self._search(vector, pool, categories, queried | excluded) if vector is not None else []
+        return _Taste(history, vector, hits, excluded, degraded)
+
+    async def _popularity(self, product_ids: Sequence[str], history_aware: bool
+                          ) -> tuple[dict[str, float], tuple[str, ...]]:
+        """Per product its popularity among all shoppers (0..1); all 0 with a 'history' degradation if
         Redis fails or is slow.
 
         Only a history-aware list uses popularity: an anonymous or new shopper gets the visual order.
         """
-        if not (neighbours and history_aware and self._settings.weights.popularity):
-            return [0.0] * len(neighbours), ()
+        none = dict.fromkeys(product_ids, 0.0)
+        if not (product_ids and history_aware and self._settings.weights.popularity):
+            return none, ()
         with self._metrics.stage("popularity"):
             try:
                 async with asyncio.timeout(self._settings.history_timeout_s):
-                    return await self.history.popularity([n.item.product_id for n in neighbours]), ()
+                    return dict(zip(product_ids, await self.history.popularity(product_ids), strict=True)), ()
             except (Unavailable, TimeoutError) as error:
                 log.warning("popularity skipped: %s", error or "timed out")
-                return [0.0] * len(neighbours), ("history",)
+                return none, ("history",)
 
     async def _history_items(self, viewed_ids: Sequence[str]) -> list[HistoryItem]:
         if not viewed_ids:
@@ -223,6 +243,29 @@ class Pipeline:
                                    self.catalog.retrieve(viewed_ids))
         return [HistoryItem(pid, found[pid].category, found[pid].vector, position)
                 for position, pid in enumerate(viewed_ids) if pid in found]
+
+    async def _scored(self, query: np.ndarray, taste: _Taste, visual_hits: list[Neighbour]) -> list[_Scored]:
+        """The candidates of the visual search and (with a taste vector) of the taste search, each with its
+        similarity to the query and to the taste vector.
+
+        A search scores its own hits; the catalog scores the other search's hits against the other vector,
+        reading no vectors. Products deleted between the searches are left out.
+        """
+        if taste.vector is None:
+            return [_Scored(hit.item, hit.score, 0.0) for hit in visual_hits]
+        by_id = {hit.item.product_id: hit for hit in visual_hits}
+        taste_by_id = {hit.item.product_id: hit for hit in taste.hits}
+        visual_only = [product_id for product_id in by_id if product_id not in taste_by_id]
+        taste_only = [product_id for product_id in taste_by_id if product_id not in by_id]
+        with self._metrics.stage("search"):
+            both = asyncio.gather(self.catalog.similarities(taste.vector, visual_only),
+                                  self.catalog.similarities(query, taste_only))
+            to_taste, to_query = await self._within("catalog similarity", self._settings.search_timeout_s, both)
+        scored = [_Scored(hit.item, hit.score, taste_by_id[pid].score if pid in taste_by_id else to_taste[pid])
+                  for pid, hit in by_id.items() if pid in taste_by_id or pid in to_taste]
+        scored += [_Scored(taste_by_id[pid].item, to_query[pid], taste_by_id[pid].score)
+                   for pid in taste_only if pid in to_query]
+        return scored
 
     async def _search(self, vector: np.ndarray, limit: int, categories: Sequence[str],
                       exclude: set[str]) -> list[Neighbour]:

@@ -4,7 +4,10 @@ Each candidate gets four score parts:
 
 - ``visual_score``: its similarity to the query, as given by the caller (the vector search);
 - ``history_score``: the recency-weighted mean cosine similarity between its vector and the vectors of
-  the shopper's recent views (-1..1);
+  the shopper's recent views (-1..1). That mean is ``|m| * cos(candidate, m)`` for the recency-weighted
+  mean ``m`` of the unit view vectors, so the caller gives each candidate's cosine similarity to
+  :func:`history_vector` (``taste_similarity``; a vector search scores it) and candidate vectors are
+  never needed;
 - ``category_score``: the recency-weighted share of recent views in its category (0..1);
 - ``popularity_score``: how much all shoppers viewed it, as given by the caller (0..1);
 
@@ -28,12 +31,13 @@ _MIN_MEAN_LENGTH = 1e-9
 
 @dataclass(frozen=True)
 class Candidate:
-    """A product to rank: its id, category, embedding, similarity to the query and popularity (0..1)."""
+    """A product to rank: its id, category, cosine similarity to the query, cosine similarity to the
+    shopper's :func:`history_vector` (0 without one), and popularity (0..1)."""
 
     product_id: str
     category: str
-    vector: np.ndarray
     visual_score: float
+    taste_similarity: float = 0.0
     popularity: float = 0.0
 
 
@@ -103,16 +107,16 @@ def rerank(candidates: Sequence[Candidate], history: Sequence[HistoryItem], weig
            limit: int | None = None) -> list[Ranked]:
     """Candidates ordered by score desc, then visual score desc, then product id asc; at most ``limit``.
 
-    Raises ValueError for a negative limit, duplicate candidate ids, a non-finite visual score, a popularity
-    outside 0..1, a negative
-    history position, or vectors that are not 1-D, finite and all of the same length.
+    Raises ValueError for a negative limit, duplicate candidate ids, a non-finite visual score or taste
+    similarity, a popularity outside 0..1, a negative history position, or history vectors that are not 1-D,
+    finite and all of the same length.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    _validate(candidates, history)
+    history_matrix = _validate(candidates, history)
     viewed = {item.product_id for item in history} if weights.exclude_viewed else set()
     kept = [c for c in candidates if c.product_id not in viewed]
-    history_scores, category_scores = _history_parts(kept, history, weights)
+    history_scores, category_scores = _history_parts(kept, history, history_matrix, weights)
     ranked = [
         Ranked(product_id=c.product_id, category=c.category,
                score=weights.visual * float(c.visual_score) + weights.history * history_score
@@ -131,38 +135,36 @@ def history_vector(history: Sequence[HistoryItem], weights: Weights = Weights())
     None for an empty history, or when the vectors cancel out; it serves as the query of history-only
     recommendations. Raises ValueError on the same history problems as :func:`rerank`.
     """
-    _validate([], history)
+    history_matrix = _validate([], history)
     if not history:
         return None
-    mean = _mean_history_direction(history, _recency_weights(history, weights))
+    mean = _mean_direction(history_matrix, _recency_weights(history, weights))
     norm = float(np.linalg.norm(mean))
     return mean / norm if norm > _MIN_MEAN_LENGTH else None
 
 
-def _history_parts(candidates: Sequence[Candidate], history: Sequence[HistoryItem],
+def _history_parts(candidates: Sequence[Candidate], history: Sequence[HistoryItem], history_matrix: np.ndarray,
                    weights: Weights) -> tuple[list[float], list[float]]:
     """Per candidate: recency-weighted mean cosine similarity to the history, and category share.
 
-    The mean of the cosine similarities is the dot product of the candidate vector with the mean history
-    direction, divided by the candidate's length. Sums run row by row (einsum, not BLAS) so that a
-    candidate's score does not depend, even in the last bit, on where it sits in the batch.
+    The mean of the cosine similarities is the candidate's cosine similarity to the mean history direction
+    times that direction's length.
     """
     if not candidates or not history:
         return [0.0] * len(candidates), [0.0] * len(candidates)
     recency = _recency_weights(history, weights)
-    mean = _mean_history_direction(history, recency)
-    matrix, lengths = _rows_and_lengths([c.vector for c in candidates])
-    history_scores = _divide_by_length(np.einsum("ij,j->i", matrix, mean), lengths)
+    mean_length = float(np.linalg.norm(_mean_direction(history_matrix, recency)))
+    history_scores = [mean_length * float(c.taste_similarity) for c in candidates]
     category_share: dict[str, float] = {}
     for item, weight in zip(history, recency, strict=True):
         category_share[item.category] = category_share.get(item.category, 0.0) + float(weight)
-    return [float(s) for s in history_scores], [category_share.get(c.category, 0.0) for c in candidates]
+    return history_scores, [category_share.get(c.category, 0.0) for c in candidates]
 
 
-def _mean_history_direction(history: Sequence[HistoryItem], recency: np.ndarray) -> np.ndarray:
-    """Recency-weighted mean of the unit history vectors (not normalised)."""
-    matrix, lengths = _rows_and_lengths([item.vector for item in history])
-    return recency @ _divide_by_length(matrix, lengths[:, np.newaxis])
+def _mean_direction(history_matrix: np.ndarray, recency: np.ndarray) -> np.ndarray:
+    """Recency-weighted mean of the history vectors (rows) scaled to unit length (not normalised)."""
+    lengths = np.sqrt(np.einsum("ij,ij->i", history_matrix, history_matrix))
+    return recency @ _divide_by_length(history_matrix, lengths[:, np.newaxis])
 
 
 def _recency_weights(history: Sequence[HistoryItem], weights: Weights) -> np.ndarray:
@@ -176,39 +178,45 @@ def _recency_weights(history: Sequence[HistoryItem], weights: Weights) -> np.nda
     return recency / recency.sum()
 
 
-def _rows_and_lengths(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The vectors as the float64 rows of a matrix, and their L2 lengths."""
-    matrix = np.array(vectors, dtype=np.float64)
-    return matrix, np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
-
-
 def _divide_by_length(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``values / lengths``, and 0 where a length is 0: a zero vector has no direction."""
     return np.divide(values, lengths, out=np.zeros_like(values), where=lengths > 0)
 
 
-def _validate(candidates: Sequence[Candidate], history: Sequence[HistoryItem]) -> None:
-    """Unique candidate ids, finite visual scores, popularity in 0..1, non-negative positions, consistent vectors."""
+def _validate(candidates: Sequence[Candidate], history: Sequence[HistoryItem]) -> np.ndarray:
+    """Unique candidate ids, finite similarities, popularity in 0..1, non-negative positions, consistent vectors;
+    returns the history vectors as the float64 rows of a matrix."""
     repeated = sorted(product_id for product_id, count in Counter(c.product_id for c in candidates).items()
                       if count > 1)
     if repeated:
         raise ValueError(f"candidate product ids must be unique, repeated: {', '.join(repeated)}")
     for c in candidates:
-        if not math.isfinite(c.visual_score):
-            raise ValueError(f"candidate {c.product_id}: visual_score must be finite, got {c.visual_score!r}")
+        for name in ("visual_score", "taste_similarity"):
+            if not math.isfinite(getattr(c, name)):
+                raise ValueError(f"candidate {c.product_id}: {name} must be finite, got {getattr(c, name)!r}")
         if not 0.0 <= c.popularity <= 1.0:
             raise ValueError(f"candidate {c.product_id}: popularity must be in 0..1, got {c.popularity!r}")
     for item in history:
         if item.position < 0:
             raise ValueError(f"history item {item.product_id}: position must be >= 0, got {item.position}")
-    _check_vectors([(f"candidate {c.product_id}", c.vector) for c in candidates]
-                   + [(f"history item {item.product_id}", item.vector) for item in history])
+    return _history_matrix(history)
+
+
+def _history_matrix(history: Sequence[HistoryItem]) -> np.ndarray:
+    """The history vectors as float64 rows, checked in one pass; only a bad history is checked item by item,
+    to name the culprit."""
+    try:
+        matrix = np.array([item.vector for item in history], dtype=np.float64)
+    except (TypeError, ValueError):  # vectors of different shapes, or not numbers
+        matrix = np.empty((len(history), 0))
+    if history and (matrix.ndim != 2 or not matrix.shape[1] or not np.isfinite(matrix).all()):
+        _check_vectors([(f"history item {item.product_id}", item.vector) for item in history])
+        raise ValueError("history vectors must be numbers")
+    return matrix
 
 
 def _check_vectors(named_vectors: Sequence[tuple[str, np.ndarray]]) -> None:
     """All vectors 1-D, non-empty, of the length of the first one, and finite."""
-    if not named_vectors:
-        return
     dim = np.size(named_vectors[0][1])
     for name, vector in named_vectors:
         shape = np.shape(vector)

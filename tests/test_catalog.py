@@ -15,7 +15,8 @@ from gateway.catalog.edge import MODEL_FILE
 from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, ModelInfo, Unavailable
 from stack.net import free_port
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+pytestmark = [pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+              pytest.mark.filterwarnings("ignore:Local mode performs exact")]
 
 DIM = 64
 MODEL = ModelInfo(name="product_embedder", version="1", backbone="efficientnet_lite0", dim=DIM)
@@ -120,7 +121,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await catalog.close()
 
 
-async def test_search_ranks_by_cosine_similarity_with_items_and_unit_vectors(loaded: CatalogStore) -> None:
+async def test_search_ranks_by_cosine_similarity_with_items_and_no_vectors(loaded: CatalogStore) -> None:
     by_id = {item.product_id: item for item in ITEMS}
     for query in QUERIES:
         hits = await loaded.search(query, 10)
@@ -130,7 +131,17 @@ async def test_search_ranks_by_cosine_similarity_with_items_and_unit_vectors(loa
             stored = by_id[hit.item.product_id]
             assert hit.item.category == stored.category
             assert hit.item.attributes == stored.attributes
-            np.testing.assert_allclose(hit.item.vector, stored.vector, atol=1e-6)
+            assert hit.item.vector.size == 0
+
+
+async def test_similarities_are_the_cosine_of_each_stored_product_asked_for(loaded: CatalogStore) -> None:
+    wanted = [ITEMS[3].product_id, ITEMS[200].product_id, "sku-never-added", ITEMS[3].product_id]
+    for query in QUERIES[:2]:
+        expected = dict(exact_ranking([ITEMS[3], ITEMS[200]], query, 2))
+        found = await loaded.similarities(query, wanted)
+        assert sorted(found) == sorted(expected)
+        np.testing.assert_allclose([found[pid] for pid in expected], list(expected.values()), atol=1e-5)
+    assert await loaded.similarities(QUERIES[0], []) == {}
 
 
 async def test_backends_return_the_same_neighbours(tmp_path: Path) -> None:
@@ -213,6 +224,7 @@ INVALID_CALLS: dict[str, Callable[[CatalogStore], Awaitable[object]]] = {
     "zero query": lambda store: store.search(np.zeros(DIM, dtype=np.float32), 5),
     "NaN in query": lambda store: store.search(np.full(DIM, np.nan, dtype=np.float32), 5),
     "limit 0": lambda store: store.search(ITEMS[0].vector, 0),
+    "similarities to a query of another dimension": lambda store: store.similarities(np.ones(DIM + 1), ["sku-00001"]),
     "item of another dimension": lambda store: store.upsert([replace(ITEMS[0], vector=np.ones(DIM // 2))]),
     "empty product id": lambda store: store.upsert([replace(ITEMS[0], product_id="")]),
 }

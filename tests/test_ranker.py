@@ -12,7 +12,7 @@ from ranker import Candidate, HistoryItem, Ranked, Weights, history_vector, rera
 
 CATEGORIES = ("bags", "dresses", "shoes")
 PRODUCT_IDS = tuple(f"p{index:02d}" for index in range(16))
-Scenario = tuple[list[Candidate], list[HistoryItem]]
+Scenario = tuple[list[Candidate], list[HistoryItem], dict[str, np.ndarray]]
 # Half the default number of examples keeps the module fast on a busy 2-core machine; no deadline, as
 # timings there vary.
 few_examples = settings(max_examples=50, deadline=None)
@@ -23,16 +23,35 @@ def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
     return st.lists(st.integers(-3, 3), min_size=dim, max_size=dim).map(lambda v: np.array(v, np.float32))
 
 
+def taste_similarity(vector: np.ndarray, history: list[HistoryItem], weights: Weights = Weights()) -> float:
+    """What a vector search gives the ranker: the cosine similarity to the history vector, 0 without one."""
+    taste = history_vector(history, weights)
+    return 0.0 if taste is None else cosine(vector, taste)
+
+
 @st.composite
 def scenarios(draw: st.DrawFn, min_history: int = 0) -> Scenario:
-    """Candidates with unique ids and a history whose ids may overlap theirs."""
+    """Candidates with unique ids, a history whose ids may overlap theirs, and the candidates' vectors.
+
+    Each candidate's taste similarity is computed from its vector with the default weights; tests that
+    rank with other weights recompute it.
+    """
     dim = draw(st.integers(1, 5))
-    ids = draw(st.lists(st.sampled_from(PRODUCT_IDS), unique=True, max_size=10))
-    candidates = [Candidate(product_id, draw(st.sampled_from(CATEGORIES)), draw(vectors(dim)),
-                            draw(st.floats(-1, 1)), draw(st.floats(0, 1))) for product_id in ids]
     history = draw(st.lists(st.builds(HistoryItem, st.sampled_from(PRODUCT_IDS), st.sampled_from(CATEGORIES),
                                       vectors(dim), st.integers(0, 30)), min_size=min_history, max_size=8))
-    return candidates, history
+    ids = draw(st.lists(st.sampled_from(PRODUCT_IDS), unique=True, max_size=10))
+    vectors_by_id = {product_id: draw(vectors(dim)) for product_id in ids}
+    candidates = [Candidate(product_id, draw(st.sampled_from(CATEGORIES)), draw(st.floats(-1, 1)),
+                            taste_similarity(vectors_by_id[product_id], history), draw(st.floats(0, 1)))
+                  for product_id in ids]
+    return candidates, history, vectors_by_id
+
+
+def with_weights(scenario: Scenario, weights: Weights) -> list[Candidate]:
+    """The scenario's candidates with taste similarities to the history vector under `weights`."""
+    candidates, history, vectors_by_id = scenario
+    return [replace(c, taste_similarity=taste_similarity(vectors_by_id[c.product_id], history, weights))
+            for c in candidates]
 
 
 weights_strategy = st.builds(Weights, visual=st.floats(0, 2), history=st.floats(0, 2), category=st.floats(0, 2),
@@ -59,8 +78,8 @@ def direction(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm else np.zeros(vector.shape)
 
 
-def bag(product_id: str, vector: list[float], visual_score: float = 0.5) -> Candidate:
-    return Candidate(product_id, "bags", np.array(vector), visual_score)
+def bag(product_id: str, visual_score: float = 0.5, taste: float = 0.0) -> Candidate:
+    return Candidate(product_id, "bags", visual_score, taste)
 
 
 def bag_view(product_id: str, vector: list[float], position: int = 0) -> HistoryItem:
@@ -81,13 +100,15 @@ def test_empty_history_and_no_popularity_give_the_visual_order(scenario: Scenari
 @few_examples
 @given(scenarios(), weights_strategy)
 def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weights) -> None:
-    candidates, history = scenario
+    _, history, vectors_by_id = scenario
+    candidates = with_weights(scenario, weights)
     by_id = {c.product_id: c for c in candidates}
     recency = [0.5 ** (h.position / weights.half_life_views) for h in history]
     for r in rerank(candidates, history, weights):
         candidate = by_id[r.product_id]
         if history:
-            expected_history = sum(w * cosine(candidate.vector, h.vector) for w, h in zip(recency, history))
+            vector = vectors_by_id[r.product_id]
+            expected_history = sum(w * cosine(vector, h.vector) for w, h in zip(recency, history))
             expected_history /= sum(recency)
             expected_category = sum(w for w, h in zip(recency, history) if h.category == candidate.category)
             expected_category /= sum(recency)
@@ -102,7 +123,7 @@ def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weigh
 
 
 def test_popularity_lifts_a_product_shoppers_view_more_over_a_slightly_closer_one() -> None:
-    closer, popular = bag("closer", [1, 0], visual_score=0.80), replace(bag("popular", [1, 0], 0.75), popularity=1.0)
+    closer, popular = bag("closer", visual_score=0.80), replace(bag("popular", 0.75), popularity=1.0)
     history = [bag_view("seen", [0, 1])]
     assert ids_of(rerank([closer, popular], history)) == ["popular", "closer"]
     assert ids_of(rerank([closer, popular], history, Weights(popularity=0.0))) == ["closer", "popular"]
@@ -111,7 +132,7 @@ def test_popularity_lifts_a_product_shoppers_view_more_over_a_slightly_closer_on
 @few_examples
 @given(scenarios(), weights_strategy)
 def test_order_is_a_deterministic_total_order(scenario: Scenario, weights: Weights) -> None:
-    candidates, history = scenario
+    candidates, history, _ = scenario
     ranked = rerank(candidates, history, weights)
     assert rerank(candidates, history, weights) == ranked
     assert rerank(candidates[::-1], history, weights) == ranked
@@ -123,7 +144,7 @@ def test_order_is_a_deterministic_total_order(scenario: Scenario, weights: Weigh
 @given(scenarios(), st.sampled_from(CATEGORIES), st.floats(0.01, 2), st.booleans())
 def test_history_in_one_category_moves_that_category_up(scenario: Scenario, category: str,
                                                         category_weight: float, exclude_viewed: bool) -> None:
-    candidates, history = scenario
+    candidates, history, _ = scenario
     history = [replace(h, category=category) for h in history]
     weights = Weights(history=0.0, category=category_weight, popularity=0.0, exclude_viewed=exclude_viewed)
     ranked = ids_of(rerank(candidates, history, weights))
@@ -137,17 +158,19 @@ def test_history_in_one_category_moves_that_category_up(scenario: Scenario, cate
 
 def test_history_in_one_category_lifts_it_with_default_weights() -> None:
     shoe, bag = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
-    candidates = [Candidate("bag-1", "bags", bag, 0.80), Candidate("bag-2", "bags", bag, 0.79),
-                  Candidate("shoe-1", "shoes", shoe, 0.75)]
     history = [HistoryItem(f"shoe-viewed-{p}", "shoes", shoe + 0.1 * bag, p) for p in range(3)]
+    candidates = [Candidate("bag-1", "bags", 0.80), Candidate("bag-2", "bags", 0.79),
+                  Candidate("shoe-1", "shoes", 0.75)]
     assert ids_of(rerank(candidates, [])) == ["bag-1", "bag-2", "shoe-1"]
+    tastes = {"bags": taste_similarity(bag, history), "shoes": taste_similarity(shoe, history)}
+    candidates = [replace(c, taste_similarity=tastes[c.category]) for c in candidates]
     assert ids_of(rerank(candidates, history)) == ["shoe-1", "bag-1", "bag-2"]
 
 
 @few_examples
 @given(scenarios(min_history=1))
 def test_viewed_items_are_excluded_unless_asked_otherwise(scenario: Scenario) -> None:
-    candidates, history = scenario
+    candidates, history, _ = scenario
     viewed = {h.product_id for h in history}
     assert ids_of(rerank(candidates, history)) == [
         r.product_id for r in rerank(candidates, history, Weights(exclude_viewed=False))
@@ -159,13 +182,13 @@ def test_viewed_items_are_excluded_unless_asked_otherwise(scenario: Scenario) ->
 @few_examples
 @given(scenarios(), st.integers(0, 5), st.integers(1, 20))
 def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shift: int) -> None:
-    _, others = scenario
+    _, others, _ = scenario
     dim = others[0].vector.size if others else 3
     vector = np.arange(1, dim + 1, dtype=np.float32)
-    candidate = Candidate("new", "hats", vector, 0.5)
 
     def parts_with_view_at(view_position: int) -> tuple[float, float]:
-        [r] = rerank([candidate], [*others, HistoryItem("seen", "hats", vector, view_position)])
+        history = [*others, HistoryItem("seen", "hats", vector, view_position)]
+        [r] = rerank([Candidate("new", "hats", 0.5, taste_similarity(vector, history))], history)
         return r.history_score, r.category_score
 
     recent, older = parts_with_view_at(position), parts_with_view_at(position + shift)
@@ -179,14 +202,14 @@ def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shi
 @few_examples
 @given(scenarios(), weights_strategy, st.integers(0, 12))
 def test_limit_keeps_the_top_of_the_full_order(scenario: Scenario, weights: Weights, limit: int) -> None:
-    candidates, history = scenario
+    candidates, history, _ = scenario
     assert rerank(candidates, history, weights, limit=limit) == rerank(candidates, history, weights)[:limit]
 
 
 @few_examples
 @given(scenarios(min_history=1), weights_strategy)
 def test_history_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, weights: Weights) -> None:
-    _, history = scenario
+    _, history, _ = scenario
     mean = sum(0.5 ** (h.position / weights.half_life_views) * direction(h.vector) for h in history)
     vector = history_vector(history, weights)
     if vector is None:
@@ -197,7 +220,7 @@ def test_history_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, we
 
 
 def test_only_relative_positions_matter_however_old_the_history() -> None:
-    candidates = [bag("a", [1, 0]), bag("b", [0, 1])]
+    candidates = [bag("a", taste=0.9), bag("b", taste=0.2)]
     recent = [bag_view("x", [1, 0], 0), bag_view("y", [0, 1], 3)]
     old = [replace(view, position=view.position + 5000) for view in recent]
     weights = Weights(half_life_views=1.0)
@@ -238,17 +261,17 @@ def test_invalid_weights_are_rejected(fields: dict[str, float], message: str) ->
 
 
 @pytest.mark.parametrize("candidates, history, limit, message", [
-    ([bag("a", [1, 0]), bag("b", [1, 0, 0])], [], None, "candidate b: vector has 3 dimensions"),
-    ([bag("a", [1, 0])], [bag_view("v", [1, 0, 0])], None, "history item v: vector has 3 dimensions"),
-    ([Candidate("a", "bags", np.ones((2, 2)), 0.5)], [], None, "vector must be 1-D and non-empty"),
-    ([bag("a", [])], [], None, "vector must be 1-D and non-empty"),
-    ([bag("a", [1, float("nan")])], [], None, "candidate a: vector has non-finite values"),
-    ([bag("a", [1, 0], float("nan"))], [], None, "candidate a: visual_score must be finite"),
-    ([Candidate("a", "bags", np.ones(2), 0.5, 1.5)], [], None, "candidate a: popularity must be in 0..1"),
-    ([Candidate("a", "bags", np.ones(2), 0.5, float("nan"))], [], None, "candidate a: popularity must be in 0..1"),
-    ([bag("a", [1, 0]), bag("a", [0, 1])], [], None, "unique, repeated: a"),
-    ([bag("a", [1, 0])], [bag_view("v", [1, 0], -1)], None, "history item v: position must be >= 0"),
-    ([bag("a", [1, 0])], [], -1, "limit must be >= 0"),
+    ([bag("a")], [bag_view("v", [1, 0]), bag_view("w", [1, 0, 0])], None, "history item w: vector has 3 dimensions"),
+    ([], [HistoryItem("v", "bags", np.ones((2, 2)), 0)], None, "vector must be 1-D and non-empty"),
+    ([], [bag_view("v", [])], None, "vector must be 1-D and non-empty"),
+    ([], [bag_view("v", [1, float("nan")])], None, "history item v: vector has non-finite values"),
+    ([bag("a", float("nan"))], [], None, "candidate a: visual_score must be finite"),
+    ([bag("a", taste=float("inf"))], [], None, "candidate a: taste_similarity must be finite"),
+    ([Candidate("a", "bags", 0.5, 0.0, 1.5)], [], None, "candidate a: popularity must be in 0..1"),
+    ([Candidate("a", "bags", 0.5, 0.0, float("nan"))], [], None, "candidate a: popularity must be in 0..1"),
+    ([bag("a"), bag("a", 0.4)], [], None, "unique, repeated: a"),
+    ([bag("a")], [bag_view("v", [1, 0], -1)], None, "history item v: position must be >= 0"),
+    ([bag("a")], [], -1, "limit must be >= 0"),
 ])
 def test_invalid_inputs_are_rejected(candidates: list[Candidate], history: list[HistoryItem],
                                      limit: int | None, message: str) -> None:

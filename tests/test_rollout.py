@@ -31,7 +31,8 @@ from stack.triton import TritonServer, add_new_versions, derive_local_repository
 from tests.model_versions import MODEL_NAME, export_stand_in, two_version_repository
 from tests.triton_fixtures import MODEL_REPOSITORY, start_triton, with_versions
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+pytestmark = [pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+              pytest.mark.filterwarnings("ignore:Local mode performs exact")]
 
 CATALOG_SIZE = 40
 QUERY_PRODUCT = 3

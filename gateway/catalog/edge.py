@@ -110,9 +110,13 @@ class EdgeCatalog:
         categories: Sequence[str] = (),
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
-        """The `limit` products most cosine-similar to `vector`, best first, with their (unit) vectors."""
+        """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
         check_limit(limit)
         return await self._in_thread(self._search, vector, limit, categories, exclude_ids)
+
+    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+        """The cosine similarity to `vector` of each stored product among `product_ids`, by id."""
+        return await self._in_thread(self._similarities, vector, product_ids) if product_ids else {}
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
@@ -226,12 +230,27 @@ class EdgeCatalog:
             query=Query.Nearest(checked_vector(vector, model.dim)),
             filter=_filter(categories, exclude_ids),
             with_payload=ITEM_FIELDS,
-            with_vector=True,
+            with_vector=False,
             params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
         )
         with self._engine_errors():
             hits = shard.query(request)
-        return [Neighbour(item_from_point(hit.payload, hit.vector), hit.score) for hit in hits]
+        return [Neighbour(item_from_point(hit.payload, None), hit.score) for hit in hits]
+
+    def _similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+        shard, model = self._opened()
+        by_point = {point_id(product_id): product_id for product_id in product_ids}
+        request = QueryRequest(
+            limit=len(by_point),
+            query=Query.Nearest(checked_vector(vector, model.dim)),
+            filter=Filter(must=[HasIdCondition(set(by_point))]),
+            with_payload=False,
+            with_vector=False,
+            params=SearchParams(exact=True),
+        )
+        with self._engine_errors():
+            hits = shard.query(request)
+        return {by_point[str(hit.id)]: hit.score for hit in hits}
 
     def _retrieve(self, product_ids: Sequence[str], with_vectors: bool) -> dict[str, CatalogItem]:
         shard, _ = self._opened()

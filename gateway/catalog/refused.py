@@ -32,6 +32,9 @@ class RefusedCatalog:
                      exclude_ids: Sequence[str] = ()) -> list[Neighbour]:
         raise self._reason
 
+    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+        raise self._reason
+
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         raise self._reason
 

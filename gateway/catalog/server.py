@@ -111,7 +111,7 @@ class QdrantClientCatalog:
         categories: Sequence[str] = (),
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
-        """The `limit` products most cosine-similar to `vector`, best first, with their (unit) vectors."""
+        """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
         check_limit(limit)
         query = checked_vector(vector, self._opened().dim)
         with self._server_errors():
@@ -121,9 +121,27 @@ class QdrantClientCatalog:
                 query_filter=_filter(categories, exclude_ids),
                 limit=limit,
                 with_payload=ITEM_FIELDS,
-                with_vectors=True,
+                with_vectors=False,
             )
-        return [Neighbour(item_from_point(hit.payload, hit.vector), hit.score) for hit in response.points]
+        return [Neighbour(item_from_point(hit.payload, None), hit.score) for hit in response.points]
+
+    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+        """The cosine similarity to `vector` of each stored product among `product_ids`, by id."""
+        if not product_ids:
+            return {}
+        by_point = {point_id(product_id): product_id for product_id in product_ids}
+        query = checked_vector(vector, self._opened().dim)
+        with self._server_errors():
+            response = await self._client.query_points(
+                self.collection,
+                query=query,
+                query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(by_point))]),
+                search_params=models.SearchParams(exact=True),
+                limit=len(by_point),
+                with_payload=False,
+                with_vectors=False,
+            )
+        return {by_point[str(hit.id)]: hit.score for hit in response.points}
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""

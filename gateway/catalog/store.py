@@ -1,6 +1,7 @@
 """The catalog store interface and what its backends share: point ids, payloads, checks, model records."""
 
 import base64
+import functools
 import json
 import os
 import uuid
@@ -50,7 +51,10 @@ class CatalogStore(Protocol):
         categories: Sequence[str] = (),
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
-        """The `limit` products most cosine-similar to `vector`, best first, with their (unit) vectors."""
+        """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
+
+    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+        """The cosine similarity to `vector` of each stored product among `product_ids`, by id."""
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
@@ -71,8 +75,10 @@ class CatalogStore(Protocol):
         """Release the store's resources."""
 
 
+@functools.lru_cache(maxsize=65_536)
 def point_id(product_id: str) -> str:
-    """The Qdrant point id of a product: a UUID derived from its id, so upserts are idempotent."""
+    """The Qdrant point id of a product: a UUID derived from its id, so upserts are idempotent (cached: every
+    search excluding a shopper's views derives them)."""
     return str(uuid.uuid5(_POINT_ID_NAMESPACE, product_id))
 
 
