@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from bench import model, profiling, report, serving, storage, variants, vectors
-from bench.processes import child_pid
+from bench.processes import child_pid, place, placements
 from bench.stats import closed_loop
 from bench.workload import ImageSet, load_images
 from gateway.config import Settings
@@ -91,8 +91,11 @@ def _load_average() -> str:
 async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: str, info: ModelInfo, images: ImageSet,
                    work: Path, roles: dict[int, str]
                    ) -> tuple[list[serving.Comparison], dict[str, float], profiling.Profile]:
-    """Layers 2 and 3 in alternating rounds, then py-spy on the gateway at the highest concurrency."""
+    """Layers 2 and 3 in alternating rounds under each core placement, then py-spy on the gateway at the
+    highest concurrency (on every core)."""
     concurrencies = sorted({1, args.concurrency})
+    triton_pid = next(pid for pid, role in roles.items() if role == "Triton")
+    core_placements = placements()
     with serving.gateway_process(triton.grpc_url, redis_url, work, args.out / "bench-gateway.log") as gateway:
         roles = {**roles, gateway.pid: "gateway"}
         triton_load = serving.TritonLoad(triton.grpc_url, info, images)
@@ -102,14 +105,18 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
             before = serving.stage_seconds(_fetch(gateway.metrics_url))
             runs = []
             for round_ in range(args.rounds):
-                for concurrency in concurrencies:
-                    layers = [("triton", triton_load.send), ("gateway", gateway_load.send)]
-                    for layer, send in layers if round_ % 2 == 0 else reversed(layers):
-                        measured = await serving.measured(layer, round_, send, concurrency, args.duration, roles)
-                        log.info("round %d, %s at concurrency %d: %.1f requests/s, p50 %.0f ms, %d failed", round_,
-                                 layer, concurrency, measured.load.throughput_per_s, measured.load.latency.p50_ms,
-                                 measured.load.errors)
-                        runs.append(measured)
+                for placement in core_placements:  # the last one shares every core, as the steps after expect
+                    place(placement, triton_pid)
+                    for concurrency in concurrencies:
+                        layers = [("triton", triton_load.send), ("gateway", gateway_load.send)]
+                        for layer, send in layers if round_ % 2 == 0 else reversed(layers):
+                            measured = await serving.measured(layer, placement.name, round_, send, concurrency,
+                                                              args.duration, roles)
+                            log.info("round %d, %s cores, %s at concurrency %d: %.1f requests/s, p50 %.0f ms, "
+                                     "%d failed", round_, placement.name, layer, concurrency,
+                                     measured.load.throughput_per_s, measured.load.latency.p50_ms,
+                                     measured.load.errors)
+                            runs.append(measured)
             stage_ms = serving.stage_means_ms(before, serving.stage_seconds(_fetch(gateway.metrics_url)))
             stacks = args.out / "bench-gateway-stacks.txt"
             spy = await profiling.record(gateway.pid, args.profile_seconds, stacks)
@@ -118,7 +125,9 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
         finally:
             await triton_load.close()
             await gateway_load.close()
-    return [serving.compare(runs, concurrency) for concurrency in concurrencies], stage_ms, profile
+    comparisons = [serving.compare(runs, placement.name, concurrency)
+                   for placement in core_placements for concurrency in concurrencies]
+    return comparisons, stage_ms, profile
 
 
 def _fetch(url: str) -> str:

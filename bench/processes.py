@@ -1,7 +1,9 @@
-"""CPU time of the processes the benchmark started, by role, read from /proc (Linux only)."""
+"""CPU time of the processes the benchmark started, by role, and the cores they run on (Linux only)."""
 
+import contextlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -60,3 +62,39 @@ def cpu_seconds_by_role(roles: Mapping[int, str]) -> dict[str, float]:
         if (role := _role(pid, roles, stats)) is not None:
             totals[role] = totals.get(role, 0.0) + cpu_s
     return totals
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which cores Triton gets, and which the gateway, Redis and the load client get."""
+
+    name: str
+    triton_cpus: frozenset[int]
+    other_cpus: frozenset[int]
+
+
+def placements() -> list[Placement]:
+    """"split" (Triton on the upper half of this process's cores, the rest on the lower half, as when Triton
+    runs on machines of its own) when there are two cores or more, then "shared" (everything on every core)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    shared = Placement("shared", frozenset(cpus), frozenset(cpus))
+    if len(cpus) < 2:
+        return [shared]
+    half = len(cpus) // 2
+    return [Placement("split", frozenset(cpus[half:]), frozenset(cpus[:half])), shared]
+
+
+def place(placement: Placement, triton_pid: int) -> None:
+    """Pins this process and everything it started to `other_cpus`, then Triton and its children to
+    `triton_cpus`; every thread of each process, so that threads started later inherit it."""
+    _pin_tree(os.getpid(), placement.other_cpus)
+    _pin_tree(triton_pid, placement.triton_cpus)
+
+
+def _pin_tree(root: int, cpus: frozenset[int]) -> None:
+    stats = _live()
+    for pid in stats:
+        if _role(pid, {root: ""}, stats) is not None:
+            with contextlib.suppress(OSError):  # the thread or process ended meanwhile
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    os.sched_setaffinity(int(task.name), cpus)

@@ -156,23 +156,25 @@ def stage_means_ms(before: Mapping[str, tuple[float, float]], after: Mapping[str
 
 @dataclass(frozen=True)
 class ServingRun:
-    """One closed-loop run of one layer, and the CPU milliseconds each process spent per request."""
+    """One closed-loop run of one layer under one core placement, and the CPU milliseconds each process
+    spent per request."""
 
     layer: str
+    placement: str
     round: int
     load: LoadResult
     cpu_ms_per_request: dict[str, float]
 
 
-async def measured(layer: str, round_: int, send: Callable[[int], Awaitable[object]], concurrency: int,
-                   duration_s: float, roles: Mapping[int, str]) -> ServingRun:
+async def measured(layer: str, placement: str, round_: int, send: Callable[[int], Awaitable[object]],
+                   concurrency: int, duration_s: float, roles: Mapping[int, str]) -> ServingRun:
     """A closed-loop run of `send`, after a warm-up, with the CPU each role spent during it."""
     await warm_up(send, concurrency, WARMUP_ROUNDS)
     before = cpu_seconds_by_role(roles)
     load = await closed_loop(send, concurrency, duration_s, FAILURES)
     after = cpu_seconds_by_role(roles)
     cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}
-    return ServingRun(layer, round_, load, cpu)
+    return ServingRun(layer, placement, round_, load, cpu)
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,10 @@ def summarize_layer(runs: Sequence[ServingRun]) -> LayerSummary:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Gateway against Triton alone at one concurrency, from runs that alternated round by round."""
+    """Gateway against Triton alone at one concurrency and core placement, from runs that alternated round by
+    round."""
 
+    placement: str
     concurrency: int
     triton: LayerSummary
     gateway: LayerSummary
@@ -217,12 +221,12 @@ class Comparison:
     ratio_by_round: list[float]
 
 
-def compare(runs: Sequence[ServingRun], concurrency: int) -> Comparison:
+def compare(runs: Sequence[ServingRun], placement: str, concurrency: int) -> Comparison:
     """Ratios are taken within each round (same machine state), then the median over rounds."""
-    at = [run for run in runs if run.load.concurrency == concurrency]
+    at = [run for run in runs if run.load.concurrency == concurrency and run.placement == placement]
     triton = sorted((run for run in at if run.layer == "triton"), key=lambda run: run.round)
     gateway = sorted((run for run in at if run.layer == "gateway"), key=lambda run: run.round)
     ratios = [g.load.throughput_per_s / t.load.throughput_per_s for t, g in zip(triton, gateway)]
     added = [g.load.latency.p50_ms - t.load.latency.p50_ms for t, g in zip(triton, gateway)]
-    return Comparison(concurrency, summarize_layer(triton), summarize_layer(gateway), statistics.median(ratios),
-                      statistics.median(added), ratios)
+    return Comparison(placement, concurrency, summarize_layer(triton), summarize_layer(gateway),
+                      statistics.median(ratios), statistics.median(added), ratios)

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.model import read_model_config
+from bench.processes import place, placements
 from bench.profiling import summarize_stacks
 from bench.serving import stage_means_ms, stage_seconds
 from bench.stats import summarize
@@ -30,6 +31,25 @@ def test_percentiles_are_in_milliseconds() -> None:
     latency = summarize([0.001 * value for value in range(1, 101)])
     assert (latency.p50_ms, latency.samples) == (pytest.approx(50.5), 100)
     assert latency.p99_ms == pytest.approx(99.01)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="splitting cores needs two of them")
+def test_the_split_placement_pins_triton_apart_from_everything_else() -> None:
+    split, shared = placements()
+    assert (split.name, shared.name) == ("split", "shared")
+    assert split.triton_cpus and split.other_cpus and not split.triton_cpus & split.other_cpus
+    assert split.triton_cpus | split.other_cpus == shared.triton_cpus == shared.other_cpus
+    triton, other = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2))
+    try:
+        place(split, triton.pid)
+        assert os.sched_getaffinity(triton.pid) == split.triton_cpus
+        assert os.sched_getaffinity(other.pid) == os.sched_getaffinity(0) == split.other_cpus
+    finally:
+        place(shared, triton.pid)
+        for process in (triton, other):
+            process.kill()
+            process.wait()
+    assert os.sched_getaffinity(0) == shared.other_cpus
 
 
 def test_generated_vectors_are_unit_length_near_their_seed_and_reproducible() -> None:
@@ -107,7 +127,8 @@ def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path)
     document = json.loads((tmp_path / "bench.json").read_text())
     assert [batch["batch_size"] for batch in document["model"]["batches"]] == [1, 4]
     assert document["model"]["gflops_per_image"] > 0.1
-    assert [c["concurrency"] for c in document["serving"]] == [1, 2]
+    assert [(c["placement"], c["concurrency"]) for c in document["serving"]] == [
+        (placement.name, concurrency) for placement in placements() for concurrency in (1, 2)]
     for comparison in document["serving"]:
         assert comparison["triton"]["requests"] > 0 and comparison["gateway"]["requests"] > 0
     assert document["vectors"]["points"] == 300 and 0 <= document["vectors"]["recall_at_10"] <= 1
