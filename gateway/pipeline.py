@@ -1,15 +1,14 @@
-"""The recommendation data plane: decode → embed ‖ history → search → popularity → re-rank, each stage with a
-deadline."""
+"""The recommendation data plane: decode → embed ‖ (history → taste search) → search → (similarities ‖
+popularity) → re-rank, each stage with a deadline."""
 
 import asyncio
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
-from collections.abc import Awaitable
 
 import numpy as np
 
@@ -321,13 +320,15 @@ class Pipeline:
         three dependencies is exported as recsys_dependency_up.
         """
         embedder_up, catalog_up, history_up = await asyncio.gather(
-            self.embedder.ready(), self._answers(self._count_products()), self._answers(self.history.ping()))
+            self.embedder.ready(), self._answers(self._count_products), self._answers(self.history.ping))
         self._metrics.record_dependencies(embedder=embedder_up, catalog=catalog_up, history=history_up)
         return embedder_up and catalog_up
 
-    async def _answers(self, check: Awaitable[object]) -> bool:
+    async def _answers(self, check: Callable[[], Awaitable[object]]) -> bool:
+        """Whether `check` finishes without a domain error; it is only called here, so that a readiness check
+        cancelled before this runs leaves no coroutine unawaited."""
         try:
-            await self._within("health check", self._settings.search_timeout_s, check)
+            await self._within("health check", self._settings.search_timeout_s, check())
         except RecsysError:
             return False
         return True

@@ -1,10 +1,12 @@
 """End to end over a real gRPC server: real tritonserver, real redis-server, embedded Qdrant engine."""
 
 import asyncio
+import gc
 import io
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -321,6 +323,20 @@ async def test_without_redis_recommend_answers_visually_and_says_history_was_ski
     with pytest.raises(Unavailable):
         await degraded.record_view("shopper-f", result.items[0].product_id)
     await dead_redis.close()
+
+
+async def test_a_readiness_check_cancelled_before_it_runs_leaves_no_coroutine_unawaited(stack):
+    gateway, _, _ = stack
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check = asyncio.ensure_future(gateway.pipeline.ready())
+        await asyncio.sleep(0)  # ready() has handed its checks to gather, which has not started them
+        check.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await check
+        gc.collect()
+    assert [str(warning.message) for warning in caught if "never awaited" in str(warning.message)] == []
+    assert await gateway.pipeline.ready()
 
 
 class BrokenHistory:
