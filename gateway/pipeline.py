@@ -224,16 +224,16 @@ class Pipeline:
 
         Only a history-aware list uses popularity: an anonymous or new shopper gets the visual order.
         """
-        none = dict.fromkeys(product_ids, 0.0)
+        zeros = dict.fromkeys(product_ids, 0.0)
         if not (product_ids and history_aware and self._settings.weights.popularity):
-            return none, ()
+            return zeros, ()
         with self._metrics.stage("popularity"):
             try:
                 async with asyncio.timeout(self._settings.history_timeout_s):
                     return dict(zip(product_ids, await self.history.popularity(product_ids), strict=True)), ()
             except (Unavailable, TimeoutError) as error:
                 log.warning("popularity skipped: %s", error or "timed out")
-                return none, ("history",)
+                return zeros, ("history",)
 
     async def _history_items(self, viewed_ids: Sequence[str]) -> list[HistoryItem]:
         if not viewed_ids:
@@ -256,15 +256,20 @@ class Pipeline:
         taste_by_id = {hit.item.product_id: hit for hit in taste.hits}
         visual_only = [product_id for product_id in by_id if product_id not in taste_by_id]
         taste_only = [product_id for product_id in taste_by_id if product_id not in by_id]
-        with self._metrics.stage("search"):
-            both = asyncio.gather(self.catalog.similarities(taste.vector, visual_only),
-                                  self.catalog.similarities(query, taste_only))
-            to_taste, to_query = await self._within("catalog similarity", self._settings.search_timeout_s, both)
+        to_taste, to_query = await asyncio.gather(self._similarities(taste.vector, visual_only),
+                                                  self._similarities(query, taste_only))
         scored = [_Scored(hit.item, hit.score, taste_by_id[pid].score if pid in taste_by_id else to_taste[pid])
                   for pid, hit in by_id.items() if pid in taste_by_id or pid in to_taste]
         scored += [_Scored(taste_by_id[pid].item, to_query[pid], taste_by_id[pid].score)
                    for pid in taste_only if pid in to_query]
         return scored
+
+    async def _similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+        if not product_ids:
+            return {}
+        with self._metrics.stage("search"):
+            return await self._within("catalog similarity", self._settings.search_timeout_s,
+                                      self.catalog.similarities(vector, product_ids))
 
     async def _search(self, vector: np.ndarray, limit: int, categories: Sequence[str],
                       exclude: set[str]) -> list[Neighbour]:
