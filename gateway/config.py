@@ -37,6 +37,8 @@ class Settings:
     embed_timeout_s: float = 3.0
     search_timeout_s: float = 1.0
     history_timeout_s: float = 0.25
+    item_cache_size: int = 10_000
+    item_cache_ttl_s: float = 30.0
     decode_workers: int = 2
     ingest_batch_size: int = 16
     max_concurrent_requests: int = 64
@@ -92,6 +94,8 @@ class Settings:
             embed_timeout_s=float(get("EMBED_TIMEOUT_SECONDS") or defaults.embed_timeout_s),
             search_timeout_s=float(get("SEARCH_TIMEOUT_SECONDS") or defaults.search_timeout_s),
             history_timeout_s=float(get("HISTORY_TIMEOUT_SECONDS") or defaults.history_timeout_s),
+            item_cache_size=int(get("ITEM_CACHE_SIZE") or defaults.item_cache_size),
+            item_cache_ttl_s=float(get("ITEM_CACHE_TTL_SECONDS") or defaults.item_cache_ttl_s),
             decode_workers=int(get("DECODE_WORKERS") or defaults.decode_workers),
             max_concurrent_requests=int(get("MAX_CONCURRENT_REQUESTS") or defaults.max_concurrent_requests),
             max_concurrent_images=int(get("MAX_CONCURRENT_IMAGES") or defaults.max_concurrent_images),

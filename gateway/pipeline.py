@@ -5,7 +5,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -19,8 +19,9 @@ from .config import Settings
 from .domain import (CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, RecsysError, Unavailable,
                      View)
 from .images import preprocess
+from .item_cache import ItemCache
 from .metrics import Metrics
-from .ports import CatalogStore, Embedder, HistoryStore
+from .ports import CatalogStore, Embedder, HistoryStore, SimilarityQuery
 from .validation import check_categories, check_id, check_id_count
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,17 @@ class Pipeline:
         self._metrics = metrics
         self._decode_pool = decode_pool
         self._image_work = Admission("image queries", settings.max_concurrent_images, metrics.in_flight)
+        self._items = self._item_cache()
 
     def with_backends(self, embedder: Embedder, catalog: CatalogStore) -> "Pipeline":
         """This pipeline over another embedder and catalog (a model rollout), sharing everything else."""
         switched = copy.copy(self)
         switched.embedder, switched.catalog = embedder, catalog
+        switched._items = self._item_cache()  # another catalog holds other vectors
         return switched
+
+    def _item_cache(self) -> ItemCache:
+        return ItemCache(self._settings.item_cache_size, self._settings.item_cache_ttl_s)
 
     async def recommend(self, query: RecommendQuery, budget_s: float | None = None) -> Recommendations:
         """Recommendations for a query within budget_s seconds (capped by the configured request timeout)."""
@@ -119,14 +125,18 @@ class Pipeline:
         pool = max(limit * self._settings.oversample, self._settings.min_candidates)
         by_product = query.image is None and query.product_id is not None
         queried = {check_id("product_id", query.product_id)} if by_product else set()
-        taste_task = (asyncio.create_task(self._taste(query.user_id, pool, query.categories, queried))
-                      if query.user_id else None)
+        taste_tasks: list[asyncio.Task[_Taste]] = []
+
+        def start_taste() -> None:
+            if query.user_id and not taste_tasks:
+                taste_tasks.append(asyncio.create_task(self._taste(query.user_id, pool, query.categories, queried)))
         try:
-            vector = await self._query_vector(query)
-            taste = await taste_task if taste_task else _NO_TASTE
+            vector = await self._query_vector(query, start_taste)
+            start_taste()
+            taste = await taste_tasks[0] if taste_tasks else _NO_TASTE
         finally:
-            if taste_task and not taste_task.done():
-                taste_task.cancel()
+            for task in taste_tasks:
+                task.cancel()  # no effect once it is done
         if vector is None:
             if taste.degraded:
                 raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
@@ -158,15 +168,19 @@ class Pipeline:
             raise InvalidArgument(f"limit is {requested}; the maximum is {self._settings.max_limit}")
         return requested
 
-    async def _query_vector(self, query: RecommendQuery) -> np.ndarray | None:
+    async def _query_vector(self, query: RecommendQuery, start_taste: Callable[[], None]) -> np.ndarray | None:
+        """The query's vector; `start_taste` is called as soon as the query's own CPU work is done (after the image
+        decode), so that the shopper's history is read while Triton embeds without slowing the decode: the
+        embedded catalog holds the GIL while it searches."""
         if query.image is not None:
-            return await self.embed_image(query.image)
+            return await self.embed_image(query.image, start_taste)
+        start_taste()
         if query.product_id is not None:
             return (await self._product(query.product_id)).vector
         return None
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        """The embedding of one encoded image: decoded in the pool, embedded by Triton.
+    async def embed_image(self, data: bytes, decoded: Callable[[], None] = lambda: None) -> np.ndarray:
+        """The embedding of one encoded image: decoded in the pool (then `decoded` is called), embedded by Triton.
 
         At most `max_concurrent_images` run at once; past that ResourceExhausted, so that the images
         admitted keep their latency and queries without an image are not held up behind them.
@@ -175,6 +189,7 @@ class Pipeline:
             with self._metrics.stage("decode"):
                 pixels = await asyncio.get_running_loop().run_in_executor(
                     self._decode_pool, preprocess, data, self._settings.image_limits)
+            decoded()
             with self._metrics.stage("embed"):
                 return (await self.embedder.embed(pixels[np.newaxis], self._settings.embed_timeout_s))[0]
 
@@ -193,6 +208,7 @@ class Pipeline:
                                    self.catalog.retrieve([product_id]))
         if product_id not in found:
             raise NotFound(f"product {product_id!r} is not in the catalog")
+        self._items.put(found.values())  # a product just viewed is in the viewer's next recommendations' history
         return found[product_id]
 
     async def _views(self, user_id: str) -> tuple[list[View], tuple[str, ...]]:
@@ -236,10 +252,13 @@ class Pipeline:
                 return zeros, ("history",)
 
     async def _history_items(self, viewed_ids: Sequence[str]) -> list[HistoryItem]:
-        if not viewed_ids:
-            return []
-        found = await self._within("catalog lookup", self._settings.search_timeout_s,
-                                   self.catalog.retrieve(viewed_ids))
+        found = self._items.get(viewed_ids)
+        missing = [product_id for product_id in viewed_ids if product_id not in found]
+        if missing:
+            read = await self._within("catalog lookup", self._settings.search_timeout_s,
+                                      self.catalog.retrieve(missing))
+            self._items.put(read.values())
+            found |= read
         return [HistoryItem(pid, found[pid].category, found[pid].vector, position)
                 for position, pid in enumerate(viewed_ids) if pid in found]
 
@@ -256,20 +275,19 @@ class Pipeline:
         taste_by_id = {hit.item.product_id: hit for hit in taste.hits}
         visual_only = [product_id for product_id in by_id if product_id not in taste_by_id]
         taste_only = [product_id for product_id in taste_by_id if product_id not in by_id]
-        to_taste, to_query = await asyncio.gather(self._similarities(taste.vector, visual_only),
-                                                  self._similarities(query, taste_only))
+        to_taste, to_query = await self._similarities([(taste.vector, visual_only), (query, taste_only)])
         scored = [_Scored(hit.item, hit.score, taste_by_id[pid].score if pid in taste_by_id else to_taste[pid])
                   for pid, hit in by_id.items() if pid in taste_by_id or pid in to_taste]
         scored += [_Scored(taste_by_id[pid].item, to_query[pid], taste_by_id[pid].score)
                    for pid in taste_only if pid in to_query]
         return scored
 
-    async def _similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
-        if not product_ids:
-            return {}
+    async def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
+        if not any(product_ids for _, product_ids in queries):
+            return [{} for _ in queries]
         with self._metrics.stage("search"):
             return await self._within("catalog similarity", self._settings.search_timeout_s,
-                                      self.catalog.similarities(vector, product_ids))
+                                      self.catalog.similarities(queries))
 
     async def _search(self, vector: np.ndarray, limit: int, categories: Sequence[str],
                       exclude: set[str]) -> list[Neighbour]:
@@ -315,7 +333,12 @@ class Pipeline:
         check_id_count("product_ids", product_ids)
         for product_id in product_ids:
             check_id("product_id", product_id)
+        self.products_changed(product_ids)
         return await self.catalog.delete(list(product_ids))
+
+    def products_changed(self, product_ids: Iterable[str]) -> None:
+        """Products re-ingested or deleted: the next request reads them from the catalog again."""
+        self._items.drop(product_ids)
 
     async def ready(self) -> bool:
         """Whether image queries can be served: Triton serves the model and the catalog answers.

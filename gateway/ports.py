@@ -5,10 +5,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .catalog.store import CatalogStore
+from .catalog.store import CatalogStore, SimilarityQuery
 from .domain import ModelInfo, View
 
-__all__ = ["CatalogStore", "Embedder", "HistoryStore"]
+__all__ = ["CatalogStore", "Embedder", "HistoryStore", "SimilarityQuery"]
 
 
 class Embedder(Protocol):

@@ -94,6 +94,7 @@ class CatalogServicer(pb_grpc.CatalogServicer):
             missing = next(p.product_id for p in batch if not p.image)
             raise InvalidArgument(f"product {missing!r} has no image")
         report = await self._indexer.index(batch)
+        self._pipeline.products_changed(product.product_id for product in batch)
         if report.rejected:
             product_id, reason = report.rejected[0]
             raise InvalidArgument(f"product {product_id!r}: {reason}; the upsert stopped there "

@@ -135,13 +135,17 @@ async def test_search_ranks_by_cosine_similarity_with_items_and_no_vectors(loade
 
 
 async def test_similarities_are_the_cosine_of_each_stored_product_asked_for(loaded: CatalogStore) -> None:
-    wanted = [ITEMS[3].product_id, ITEMS[200].product_id, "sku-never-added", ITEMS[3].product_id]
-    for query in QUERIES[:2]:
-        expected = dict(exact_ranking([ITEMS[3], ITEMS[200]], query, 2))
-        found = await loaded.similarities(query, wanted)
+    wanted = [[ITEMS[3].product_id, ITEMS[200].product_id, "sku-never-added", ITEMS[3].product_id],
+              [ITEMS[7].product_id], []]
+    queries = list(zip(QUERIES[:3], wanted, strict=True))
+    answers = await loaded.similarities(queries)
+    assert len(answers) == len(queries)
+    for (query, _), stored, found in zip(queries, [[ITEMS[3], ITEMS[200]], [ITEMS[7]], []], answers, strict=True):
+        expected = dict(exact_ranking(stored, query, len(stored))) if stored else {}
         assert sorted(found) == sorted(expected)
         np.testing.assert_allclose([found[pid] for pid in expected], list(expected.values()), atol=1e-5)
-    assert await loaded.similarities(QUERIES[0], []) == {}
+    assert await loaded.similarities([(QUERIES[0], []), (QUERIES[1], [])]) == [{}, {}]
+    assert await loaded.similarities([]) == []
 
 
 async def test_backends_return_the_same_neighbours(tmp_path: Path) -> None:
@@ -224,7 +228,8 @@ INVALID_CALLS: dict[str, Callable[[CatalogStore], Awaitable[object]]] = {
     "zero query": lambda store: store.search(np.zeros(DIM, dtype=np.float32), 5),
     "NaN in query": lambda store: store.search(np.full(DIM, np.nan, dtype=np.float32), 5),
     "limit 0": lambda store: store.search(ITEMS[0].vector, 0),
-    "similarities to a query of another dimension": lambda store: store.similarities(np.ones(DIM + 1), ["sku-00001"]),
+    "similarities to a query of another dimension":
+        lambda store: store.similarities([(ITEMS[0].vector, ["sku-00001"]), (np.ones(DIM + 1), ["sku-00001"])]),
     "item of another dimension": lambda store: store.upsert([replace(ITEMS[0], vector=np.ones(DIM // 2))]),
     "empty product id": lambda store: store.upsert([replace(ITEMS[0], product_id="")]),
 }

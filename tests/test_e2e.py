@@ -194,6 +194,32 @@ async def test_upsert_and_delete_are_visible_at_once(channel, recommender, test_
     assert "new-1" not in {item.product_id for item in after.items}
 
 
+async def test_a_viewed_product_changed_through_the_gateway_shapes_recommendations_at_once(
+        channel, recommender, test_split):
+    catalog = pb_grpc.CatalogStub(channel)
+
+    async def upsert(image: np.ndarray) -> int:
+        async def stream():
+            yield pb.Product(product_id="viewed-then-changed", image=png(image), category="Bag")
+        return (await catalog.UpsertProducts(stream(), timeout=30)).upserted
+
+    async def from_history() -> set[str]:
+        return {item.product_id for item in (await recommend(recommender, user_id="shopper-of-changed", limit=5)).items}
+
+    assert await upsert(test_split.images[7]) == 1
+    await recommender.ForgetUser(pb.ForgetUserRequest(user_id="shopper-of-changed"), timeout=5)
+    await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-of-changed", product_id="viewed-then-changed"),
+                                 timeout=5)
+    before = await from_history()
+    assert len(before) == 5
+    assert await upsert(255 - test_split.images[7]) == 1  # the same product with another picture
+    assert await from_history() != before
+    await catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["viewed-then-changed"]), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as error:  # the only view is gone: nothing to recommend from
+        await from_history()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_every_product_has_the_picture_it_was_ingested_with(channel, test_split):
     catalog = pb_grpc.CatalogStub(channel)
     photo = np.zeros((90, 60, 3), dtype=np.uint8)

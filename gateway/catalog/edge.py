@@ -24,6 +24,7 @@ from qdrant_edge import (
     PayloadSchemaType,
     Point,
     Query,
+    QueryBatchRequest,
     QueryRequest,
     SearchParams,
     UpdateOperation,
@@ -34,6 +35,7 @@ from gateway.catalog.store import (
     EXACT_SEARCH_MAX_POINTS,
     ITEM_FIELDS,
     THUMBNAIL_FIELD,
+    SimilarityQuery,
     check_limit,
     checked_items,
     checked_vector,
@@ -45,6 +47,8 @@ from gateway.catalog.store import (
     point_id,
     point_ids,
     read_json,
+    similarities_by_query,
+    similarity_targets,
     thumbnail_from_payload,
     write_json_atomically,
 )
@@ -114,9 +118,12 @@ class EdgeCatalog:
         check_limit(limit)
         return await self._in_thread(self._search, vector, limit, categories, exclude_ids)
 
-    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
-        """The cosine similarity to `vector` of each stored product among `product_ids`, by id."""
-        return await self._in_thread(self._similarities, vector, product_ids) if product_ids else {}
+    async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
+        """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among
+        its ids, by id; the queries go to the engine as one batch."""
+        if not any(product_ids for _, product_ids in queries):
+            return [{} for _ in queries]
+        return await self._in_thread(self._similarities, queries)
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
@@ -237,20 +244,23 @@ class EdgeCatalog:
             hits = shard.query(request)
         return [Neighbour(item_from_point(hit.payload, None), hit.score) for hit in hits]
 
-    def _similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+    def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         shard, model = self._opened()
-        by_point = {point_id(product_id): product_id for product_id in product_ids}
-        request = QueryRequest(
-            limit=len(by_point),
-            query=Query.Nearest(checked_vector(vector, model.dim)),
-            filter=Filter(must=[HasIdCondition(set(by_point))]),
-            with_payload=False,
-            with_vector=False,
-            params=SearchParams(exact=True),
-        )
+        targets = similarity_targets(queries, model.dim)
+        requests = [
+            QueryRequest(
+                limit=len(by_point),
+                query=Query.Nearest(vector),
+                filter=Filter(must=[HasIdCondition(set(by_point))]),
+                with_payload=False,
+                with_vector=False,
+                params=SearchParams(exact=True),
+            )
+            for by_point, vector in targets
+        ]
         with self._engine_errors():
-            hits = shard.query(request)
-        return {by_point[str(hit.id)]: hit.score for hit in hits}
+            answers = shard.query_batch(QueryBatchRequest(requests))
+        return similarities_by_query(queries, targets, ([(hit.id, hit.score) for hit in hits] for hits in answers))
 
     def _retrieve(self, product_ids: Sequence[str], with_vectors: bool) -> dict[str, CatalogItem]:
         shard, _ = self._opened()

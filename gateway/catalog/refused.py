@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.catalog.store import CatalogStore
+from gateway.catalog.store import CatalogStore, SimilarityQuery
 from gateway.domain import CatalogItem, FailedPrecondition, ModelInfo, Neighbour
 
 
@@ -32,7 +32,7 @@ class RefusedCatalog:
                      exclude_ids: Sequence[str] = ()) -> list[Neighbour]:
         raise self._reason
 
-    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
+    async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         raise self._reason
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:

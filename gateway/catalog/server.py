@@ -16,6 +16,7 @@ from gateway.catalog.store import (
     EXACT_SEARCH_MAX_POINTS,
     ITEM_FIELDS,
     THUMBNAIL_FIELD,
+    SimilarityQuery,
     check_limit,
     checked_items,
     checked_vector,
@@ -26,6 +27,8 @@ from gateway.catalog.store import (
     model_record,
     point_id,
     point_ids,
+    similarities_by_query,
+    similarity_targets,
     thumbnail_from_payload,
 )
 from gateway.domain import (
@@ -125,23 +128,27 @@ class QdrantClientCatalog:
             )
         return [Neighbour(item_from_point(hit.payload, None), hit.score) for hit in response.points]
 
-    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
-        """The cosine similarity to `vector` of each stored product among `product_ids`, by id."""
-        if not product_ids:
-            return {}
-        by_point = {point_id(product_id): product_id for product_id in product_ids}
-        query = checked_vector(vector, self._opened().dim)
-        with self._server_errors():
-            response = await self._client.query_points(
-                self.collection,
-                query=query,
-                query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(by_point))]),
-                search_params=models.SearchParams(exact=True),
+    async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
+        """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among
+        its ids, by id; the queries go to the server as one batch."""
+        targets = similarity_targets(queries, self._opened().dim)
+        if not targets:
+            return [{} for _ in queries]
+        requests = [
+            models.QueryRequest(
+                query=vector,
+                filter=models.Filter(must=[models.HasIdCondition(has_id=list(by_point))]),
+                params=models.SearchParams(exact=True),
                 limit=len(by_point),
                 with_payload=False,
-                with_vectors=False,
+                with_vector=False,
             )
-        return {by_point[str(hit.id)]: hit.score for hit in response.points}
+            for by_point, vector in targets
+        ]
+        with self._server_errors():
+            responses = await self._client.query_batch_points(self.collection, requests)
+        answers = ([(hit.id, hit.score) for hit in response.points] for response in responses)
+        return similarities_by_query(queries, targets, answers)
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""

@@ -23,6 +23,9 @@ THUMBNAIL_FIELD = "thumbnail"
 ITEM_FIELDS = ["product_id", CATEGORY_FIELD, "attributes"]
 REINDEX_COMMAND = "`make index RECREATE=1`"
 
+# A vector and the products to score against it.
+SimilarityQuery = tuple[np.ndarray, Sequence[str]]
+
 _POINT_ID_NAMESPACE = uuid.UUID("6f0c5c1e-3b7a-5d2e-9a41-0d7f3c2b8e15")
 _NO_VECTOR = np.empty(0, dtype=np.float32)
 
@@ -53,8 +56,9 @@ class CatalogStore(Protocol):
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
 
-    async def similarities(self, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, float]:
-        """The cosine similarity to `vector` of each stored product among `product_ids`, by id."""
+    async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
+        """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among
+        its ids, by id; the queries go to the engine as one batch."""
 
     async def retrieve(self, product_ids: Sequence[str], with_vectors: bool = True) -> dict[str, CatalogItem]:
         """The stored products among `product_ids`, by id; without vectors their `vector` is empty."""
@@ -85,6 +89,21 @@ def point_id(product_id: str) -> str:
 def point_ids(product_ids: Iterable[str]) -> list[str]:
     """The point ids of distinct products."""
     return [point_id(product_id) for product_id in dict.fromkeys(product_ids)]
+
+
+def similarity_targets(queries: Sequence[SimilarityQuery], dim: int) -> list[tuple[dict[str, str], list[float]]]:
+    """Per query that names products: its point ids (each mapped to its product id) and its checked vector."""
+    return [({point_id(product_id): product_id for product_id in product_ids}, checked_vector(vector, dim))
+            for vector, product_ids in queries if product_ids]
+
+
+def similarities_by_query(queries: Sequence[SimilarityQuery], targets: Sequence[tuple[dict[str, str], list[float]]],
+                          answers: Iterable[Iterable[tuple[object, float]]]) -> list[dict[str, float]]:
+    """The engine's (point id, score) answers to `targets` as one {product id: score} per query; {} for a query
+    that named no product."""
+    found = iter([{by_point[str(point)]: score for point, score in answer}
+                  for (by_point, _), answer in zip(targets, answers, strict=True)])
+    return [next(found) if product_ids else {} for _, product_ids in queries]
 
 
 def payload_of(item: CatalogItem) -> dict[str, Any]:
