@@ -201,7 +201,7 @@ class EdgeCatalog:
             if CATEGORY_FIELD not in shard.info().payload_schema:
                 shard.update(UpdateOperation.create_field_index(CATEGORY_FIELD, PayloadSchemaType.Keyword))
                 shard.flush()
-            self._points = shard.count(CountRequest(exact=True))
+            self._points = _live_points(shard)
         self._shard, self._model = shard, model
 
     def _opened(self) -> tuple[EdgeShard, ModelInfo]:
@@ -215,7 +215,7 @@ class EdgeCatalog:
         with self._engine_errors():
             shard.update(UpdateOperation.upsert_points(points))
             shard.flush()
-            self._points = shard.count(CountRequest(exact=True))
+            self._points = _live_points(shard)
 
     def _delete(self, product_ids: Sequence[str]) -> int:
         shard, _ = self._opened()
@@ -224,7 +224,7 @@ class EdgeCatalog:
             if existing:
                 shard.update(UpdateOperation.delete_points([record.id for record in existing]))
                 shard.flush()
-                self._points = shard.count(CountRequest(exact=True))
+                self._points = _live_points(shard)
         return len(existing)
 
     def _search(
@@ -284,7 +284,7 @@ class EdgeCatalog:
     def _count(self) -> int:
         shard, _ = self._opened()
         with self._engine_errors():
-            return shard.count(CountRequest(exact=True))
+            return _live_points(shard)
 
     def _optimize(self) -> bool:
         shard, _ = self._opened()
@@ -299,6 +299,13 @@ class EdgeCatalog:
         with self._engine_errors():
             shard.flush()
             shard.close()
+
+
+def _live_points(shard: EdgeShard) -> int:
+    """The number of points in the shard. Without a filter the engine's estimate is its segments' count of live
+    points, deletions included; the exact count scans every point (3 ms at 30 k points, about 90 ms at 1 M, with
+    the GIL held: readiness checks and every write paid it)."""
+    return shard.count(CountRequest(exact=False))
 
 
 def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> Filter | None:
