@@ -257,7 +257,10 @@ async def test_graceful_shutdown_under_load_finishes_in_flight_refuses_new_and_f
             send = lambda: timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=10))  # noqa: E731
             load = asyncio.create_task(closed_loop(send, workers=8, seconds=1.3))
             await asyncio.sleep(1)
-            in_progress = running.sample("recsys_in_flight", {"work": "requests"})
+            deadline = time.monotonic() + 2  # stop at an instant when the server has requests in progress
+            while not (in_progress := running.sample("recsys_in_flight", {"work": "requests"})) \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
             stop_called = time.monotonic()
             await running.gateway.stop(grace_s=5)
             stopped = time.monotonic()
