@@ -125,18 +125,18 @@ class Pipeline:
         pool = max(limit * self._settings.oversample, self._settings.min_candidates)
         by_product = query.image is None and query.product_id is not None
         queried = {check_id("product_id", query.product_id)} if by_product else set()
-        taste_tasks: list[asyncio.Task[_Taste]] = []
+        taste_task: asyncio.Task[_Taste] | None = None
 
         def start_taste() -> None:
-            if query.user_id and not taste_tasks:
-                taste_tasks.append(asyncio.create_task(self._taste(query.user_id, pool, query.categories, queried)))
+            nonlocal taste_task
+            if query.user_id:
+                taste_task = asyncio.create_task(self._taste(query.user_id, pool, query.categories, queried))
         try:
             vector = await self._query_vector(query, start_taste)
-            start_taste()
-            taste = await taste_tasks[0] if taste_tasks else _NO_TASTE
+            taste = await taste_task if taste_task else _NO_TASTE
         finally:
-            for task in taste_tasks:
-                task.cancel()  # no effect once it is done
+            if taste_task:
+                taste_task.cancel()  # no effect once it is done
         if vector is None:
             if taste.degraded:
                 raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
@@ -169,8 +169,8 @@ class Pipeline:
         return requested
 
     async def _query_vector(self, query: RecommendQuery, start_taste: Callable[[], None]) -> np.ndarray | None:
-        """The query's vector; `start_taste` is called as soon as the query's own CPU work is done (after the image
-        decode), so that the shopper's history is read while Triton embeds without slowing the decode: the
+        """The query's vector; `start_taste` is called once, as soon as the query's own CPU work is done (after the
+        image decode), so that the shopper's history is read while Triton embeds without slowing the decode: the
         embedded catalog holds the GIL while it searches."""
         if query.image is not None:
             return await self.embed_image(query.image, start_taste)
@@ -179,7 +179,7 @@ class Pipeline:
             return (await self._product(query.product_id)).vector
         return None
 
-    async def embed_image(self, data: bytes, decoded: Callable[[], None] = lambda: None) -> np.ndarray:
+    async def embed_image(self, data: bytes, decoded: Callable[[], None]) -> np.ndarray:
         """The embedding of one encoded image: decoded in the pool (then `decoded` is called), embedded by Triton.
 
         At most `max_concurrent_images` run at once; past that ResourceExhausted, so that the images
