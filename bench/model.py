@@ -84,6 +84,7 @@ def _op_group(name: str, shapes: list[list[int]]) -> str:
             return "depthwise conv"
         return "1x1 conv" if weight[2:] == [1, 1] else "full conv (stem)"
     return {"aten::pad": "SAME padding (pad)", "aten::relu6": "ReLU6", "aten::hardtanh": "ReLU6",
+            "aten::relu6_": "ReLU6", "aten::hardtanh_": "ReLU6",
             "aten::add": "residual add"}.get(name, "other")
 
 

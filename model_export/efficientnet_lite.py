@@ -34,13 +34,19 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class SameConv2d(nn.Conv2d):
-    """Bias-free Conv2d with TensorFlow "SAME" padding for a square input of the given size."""
+    """Bias-free Conv2d with TensorFlow "SAME" padding for a square input of the given size.
+
+    Symmetric padding is the convolution's own (no copy of the input); only asymmetric padding (stride 2 on
+    an even size) is an explicit pad before it.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, size: int, stride: int = 1,
                  groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=False)
         before, after = same_padding(size, kernel, stride)
-        self.same_pad = nn.ZeroPad2d((before, after, before, after))
+        symmetric = before == after
+        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=False,
+                         padding=before if symmetric else 0)
+        self.same_pad = nn.Identity() if symmetric else nn.ZeroPad2d((before, after, before, after))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.same_pad(input), self.weight, self.bias)
@@ -70,8 +76,8 @@ class MBConvBlock(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = inputs
         if self._expand_conv is not None and self._bn0 is not None:
-            x = F.relu6(self._bn0(self._expand_conv(x)))
-        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+            x = F.relu6(self._bn0(self._expand_conv(x)), inplace=True)
+        x = F.relu6(self._bn1(self._depthwise_conv(x)), inplace=True)
         x = self._bn2(self._project_conv(x))
         return x + inputs if self.skip else x
 
@@ -109,8 +115,8 @@ class EfficientNetLite0(nn.Module):
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         """The stem convolution's activations, the input of the first block."""
-        return F.relu6(self._bn0(self._conv_stem(images)))
+        return F.relu6(self._bn0(self._conv_stem(images)), inplace=True)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The head's activations [N, 1280, h, w] from the last block's output."""
-        return F.relu6(self._bn1(self._conv_head(features)))
+        return F.relu6(self._bn1(self._conv_head(features)), inplace=True)
