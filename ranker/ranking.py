@@ -162,9 +162,10 @@ def _history_parts(candidates: Sequence[Candidate], history: Sequence[HistoryIte
 
 
 def _mean_direction(history_matrix: np.ndarray, recency: np.ndarray) -> np.ndarray:
-    """Recency-weighted mean of the history vectors (rows) scaled to unit length (not normalised)."""
+    """Recency-weighted mean of the history vectors (rows) scaled to unit length (not normalised); each row's
+    weight is divided by its length rather than the rows scaled, which would copy the matrix."""
     lengths = np.sqrt(np.einsum("ij,ij->i", history_matrix, history_matrix))
-    return recency @ _divide_by_length(history_matrix, lengths[:, np.newaxis])
+    return _divide_by_length(recency, lengths) @ history_matrix
 
 
 def _recency_weights(history: Sequence[HistoryItem], weights: Weights) -> np.ndarray:
