@@ -32,7 +32,7 @@ from bench.workload import ImageSet, load_images
 from gateway.config import Settings
 from gateway.domain import ModelInfo
 from gateway.embedder import TritonEmbedder
-from model_export.triton_config import IMAGE_SIZE
+from model_export.triton_config import ALLOCATOR_ENV, IMAGE_SIZE
 from stack.redis import RedisServer
 from stack.triton import TritonServer
 
@@ -174,6 +174,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
         "Triton max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_microseconds,
         "Triton instances": sum(group.count for group in config.instance_group),
         "torch threads (intra-op, inter-op)": list(threads),
+        "Triton's allocator (glibc)": ALLOCATOR_ENV,
         "gateway decode workers": settings.decode_workers,
         "ingestion batch size": settings.ingest_batch_size,
         "image size": IMAGE_SIZE,

@@ -1,5 +1,7 @@
 """Layer 1: the TorchScript model in-process, against the machine's measured matmul ceiling."""
 
+import ctypes
+import ctypes.util
 import statistics
 import time
 from collections.abc import Sequence
@@ -12,13 +14,26 @@ from google.protobuf import text_format
 from torch.profiler import ProfilerActivity, profile
 from tritonclient.grpc import model_config_pb2
 
+from model_export.triton_config import ALLOCATOR_ENV
+
 MATMUL_SIZE = 1024
 PROFILED_PASSES = 5
+# glibc's mallopt parameter for each of its environment variables in ALLOCATOR_ENV.
+_MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}
 
 
 def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
     """A Triton config.pbtxt as its protobuf."""
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def use_serving_allocator() -> None:
+    """Sets this process's glibc allocator as Triton's environment sets it (ALLOCATOR_ENV), so that the
+    in-process model allocates as it does when served."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    for name, value in ALLOCATOR_ENV.items():
+        if not libc.mallopt(_MALLOPT_PARAMETERS[name], int(value)):
+            raise RuntimeError(f"glibc refused {name}={value}")
 
 
 def serving_threads(config: model_config_pb2.ModelConfig) -> tuple[int, int]:
@@ -113,10 +128,11 @@ def op_breakdown(module: torch.jit.ScriptModule, batch: torch.Tensor) -> tuple[f
 
 def bench_model(model_path: Path, pixels: np.ndarray, batch_sizes: Sequence[int], threads: tuple[int, int],
                 rounds: int) -> tuple[ModelReport, np.ndarray]:
-    """Images/s per batch size (median over `rounds` interleaved passes over the image set), FLOPs,
-    the matmul ceiling measured between passes, and the embeddings of the image set."""
+    """Images/s per batch size (median over `rounds` interleaved passes over the image set) on the served torch
+    threads and allocator, FLOPs, the matmul ceiling measured between passes, and the embeddings of the image set."""
     intra_op, inter_op = threads
     torch.set_num_threads(intra_op)
+    use_serving_allocator()
     module = torch.jit.load(str(model_path), map_location="cpu").eval()
     batches = {size: _batches(pixels, size) for size in batch_sizes}
     seconds: dict[int, list[float]] = {size: [] for size in batch_sizes}

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from model_export.triton_config import local_config
+from model_export.triton_config import ALLOCATOR_ENV, local_config
 from stack.net import free_port
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,9 @@ def _prepare_backends(work_dir: Path) -> Path:
 
 
 def _server_environment() -> dict[str, str]:
-    """The interpreter's own libpython first (the stub embeds it), then the wheel's libraries."""
-    env = dict(os.environ)
+    """The serving allocator settings (the environment's own win), and the interpreter's own libpython first
+    (the stub embeds it), then the wheel's libraries."""
+    env = {**ALLOCATOR_ENV, **os.environ}
     libraries = [str(sysconfig.get_config_var("LIBDIR")), str(pytriton_dir().parent.parent / "nvidia_pytriton.libs"),
                  env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, libraries))

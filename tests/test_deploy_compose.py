@@ -19,6 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from gateway.config import Settings
+from model_export.triton_config import ALLOCATOR_ENV
 from stack.net import free_port
 from tests.gateway_fixtures import served_gateway
 
@@ -101,6 +102,7 @@ def test_the_gateway_reaches_every_backend_by_service_name(compose):
     for variable, service in (("TRITON_URL", "triton"), ("QDRANT_URL", "qdrant"), ("REDIS_URL", "redis")):
         assert environment[variable].split("://")[-1].startswith(f"{service}:"), variable
     assert compose["services"]["gateway"]["read_only"] is True
+    assert ALLOCATOR_ENV.items() <= compose["services"]["triton"]["environment"].items()
     assert "--appendonly" in compose["services"]["redis"]["command"]
 
 

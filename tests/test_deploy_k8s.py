@@ -15,6 +15,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from model_export.triton_config import ALLOCATOR_ENV
 from stack.redis import RedisServer
 from tests.gateway_fixtures import served_gateway
 
@@ -137,6 +138,7 @@ def test_triton_runs_on_gpu_nodes_with_the_production_model_config(manifests):
     assert any(toleration["key"] == "nvidia.com/gpu" for toleration in pod["tolerations"])
     assert container["image"].startswith("nvcr.io/nvidia/tritonserver:")
     assert "--model-repository=/models" in container["args"]
+    assert ALLOCATOR_ENV.items() <= {variable["name"]: variable["value"] for variable in container["env"]}.items()
     assert find(manifests, "PodDisruptionBudget", "triton")["spec"]["minAvailable"] < triton["spec"]["replicas"]
 
 

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.domain import DeadlineExceeded, FailedPrecondition, InvalidArgument, ModelInfo, RecsysError, \
     ResourceExhausted, Unavailable
 from gateway.embedder import IMAGE_BYTES, REQUEST_OVERHEAD_BYTES, TritonEmbedder, check_model, domain_error
-from model_export.triton_config import local_config, render_config
+from model_export.triton_config import ALLOCATOR_ENV, local_config, render_config
 from stack.net import free_port
 from stack.triton import PYTHON_MODEL_SOURCE, TritonServer, TritonStartError, derive_local_repository
 from tests.triton_fixtures import FLOAT_INPUT_MODEL, TINY_BACKBONE, TINY_DIM, TINY_MODEL, add_model
@@ -53,6 +53,28 @@ def test_launcher_serves_the_derived_python_backend_repository(tiny_triton: Trit
         assert (derived / "1" / "model.py").read_bytes() == PYTHON_MODEL_SOURCE.read_bytes()
         assert (derived / "1" / "model.pt").is_symlink()
         assert (derived / "1" / "model.pt").resolve() == (production / "1" / "model.pt").resolve()
+
+
+def child_environments(pid: int) -> list[dict[str, str]]:
+    """The environments of the direct children of process ``pid`` (read from /proc)."""
+    environments = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                entries = (stat.parent / "environ").read_bytes().split(b"\0")
+                environments.append(dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry))
+        except (OSError, ValueError):  # the process ended meanwhile
+            continue
+    return environments
+
+
+def test_the_processes_running_the_model_use_the_serving_allocator_settings(tiny_triton: TritonServer) -> None:
+    assert tiny_triton.pid is not None
+    stubs = child_environments(tiny_triton.pid)
+    assert stubs, "tritonserver started no python backend stub"
+    for environment in stubs:
+        assert ALLOCATOR_ENV.items() <= environment.items()
 
 
 def test_deriving_an_empty_repository_says_what_to_run(tmp_path: Path) -> None:
