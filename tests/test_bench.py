@@ -116,7 +116,6 @@ def test_a_variant_changes_only_instances_and_threads(tmp_path: Path) -> None:
     assert (variant / "m" / "1" / "model.pt").read_bytes() == b"weights"
 
 
-@pytest.mark.slow
 def test_the_serving_allocator_keeps_freed_activations_instead_of_faulting_them_in_again() -> None:
     """Three 16 MiB blocks at once, freed and taken again, as a forward pass's activations are: glibc's default
     gives the 48 MiB back on every free (about 1,000 page faults per pass); the serving settings keep them."""
@@ -133,6 +132,7 @@ def test_the_serving_allocator_keeps_freed_activations_instead_of_faulting_them_
     assert int(result.stdout) < 500  # without the settings: 10,602 here
 
 
+@pytest.mark.slow
 def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT, check=False,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
