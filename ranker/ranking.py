@@ -117,16 +117,14 @@ def rerank(candidates: Sequence[Candidate], history: Sequence[HistoryItem], weig
     viewed = {item.product_id for item in history} if weights.exclude_viewed else set()
     kept = [c for c in candidates if c.product_id not in viewed]
     history_scores, category_scores = _history_parts(kept, history, history_matrix, weights)
-    ranked = [
-        Ranked(product_id=c.product_id, category=c.category,
-               score=weights.visual * float(c.visual_score) + weights.history * history_score
-               + weights.category * category_score + weights.popularity * float(c.popularity),
-               visual_score=float(c.visual_score), history_score=history_score, category_score=category_score,
-               popularity_score=float(c.popularity))
-        for c, history_score, category_score in zip(kept, history_scores, category_scores, strict=True)
-    ]
-    ranked.sort(key=lambda r: (-r.score, -r.visual_score, r.product_id))
-    return ranked if limit is None else ranked[:limit]
+    scores = [float(weights.visual * c.visual_score + weights.history * history_score
+                    + weights.category * category_score + weights.popularity * c.popularity)
+              for c, history_score, category_score in zip(kept, history_scores, category_scores, strict=True)]
+    order = sorted(range(len(kept)), key=lambda i: (-scores[i], -kept[i].visual_score, kept[i].product_id))
+    return [Ranked(product_id=kept[i].product_id, category=kept[i].category, score=scores[i],
+                   visual_score=float(kept[i].visual_score), history_score=history_scores[i],
+                   category_score=category_scores[i], popularity_score=float(kept[i].popularity))
+            for i in order[:limit]]  # only the returned candidates become Ranked: most of a pool is cut
 
 
 def history_vector(history: Sequence[HistoryItem], weights: Weights = Weights()) -> np.ndarray | None:
