@@ -44,8 +44,8 @@ from gateway.catalog.store import (
     item_from_point,
     model_from_record,
     model_record,
-    point_id,
     point_ids,
+    point_uuid,
     read_json,
     similarities_by_query,
     similarity_targets,
@@ -220,7 +220,7 @@ class EdgeCatalog:
     def _delete(self, product_ids: Sequence[str]) -> int:
         shard, _ = self._opened()
         with self._engine_errors():
-            existing = shard.retrieve(point_ids(product_ids), with_payload=False, with_vector=False)
+            existing = shard.retrieve(point_ids(product_ids, point_uuid), with_payload=False, with_vector=False)
             if existing:
                 shard.update(UpdateOperation.delete_points([record.id for record in existing]))
                 shard.flush()
@@ -246,7 +246,7 @@ class EdgeCatalog:
 
     def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         shard, model = self._opened()
-        targets = similarity_targets(queries, model.dim)
+        targets = similarity_targets(queries, model.dim, point_uuid)
         requests = [
             QueryRequest(
                 limit=len(by_point),
@@ -265,14 +265,15 @@ class EdgeCatalog:
     def _retrieve(self, product_ids: Sequence[str], with_vectors: bool) -> dict[str, CatalogItem]:
         shard, _ = self._opened()
         with self._engine_errors():
-            records = shard.retrieve(point_ids(product_ids), with_payload=ITEM_FIELDS, with_vector=with_vectors)
+            records = shard.retrieve(point_ids(product_ids, point_uuid), with_payload=ITEM_FIELDS,
+                                     with_vector=with_vectors)
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
 
     def _thumbnail(self, product_id: str) -> bytes | None:
         shard, _ = self._opened()
         with self._engine_errors():
-            records = shard.retrieve([point_id(product_id)], with_payload=[THUMBNAIL_FIELD], with_vector=False)
+            records = shard.retrieve([point_uuid(product_id)], with_payload=[THUMBNAIL_FIELD], with_vector=False)
         return thumbnail_from_payload(records[0].payload) if records else None
 
     def _existing_categories(self, categories: Sequence[str]) -> set[str]:
@@ -314,5 +315,5 @@ def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> Filter | N
         return None
     return Filter(
         must=[FieldCondition(CATEGORY_FIELD, match=MatchAny(list(categories)))] if categories else None,
-        must_not=[HasIdCondition(set(point_ids(exclude_ids)))] if exclude_ids else None,
+        must_not=[HasIdCondition(set(point_ids(exclude_ids, point_uuid)))] if exclude_ids else None,
     )

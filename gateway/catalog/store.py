@@ -5,10 +5,10 @@ import functools
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,9 @@ REINDEX_COMMAND = "`make index RECREATE=1`"
 
 # A vector and the products to score against it.
 SimilarityQuery = tuple[np.ndarray, Sequence[str]]
+
+# A point id as the engine is given it: text for Qdrant's API, a UUID object for the embedded engine.
+PointKey = TypeVar("PointKey", str, uuid.UUID)
 
 _POINT_ID_NAMESPACE = uuid.UUID("6f0c5c1e-3b7a-5d2e-9a41-0d7f3c2b8e15")
 _NO_VECTOR = np.empty(0, dtype=np.float32)
@@ -80,28 +83,37 @@ class CatalogStore(Protocol):
 
 
 @functools.lru_cache(maxsize=65_536)
-def point_id(product_id: str) -> str:
+def point_uuid(product_id: str) -> uuid.UUID:
     """The Qdrant point id of a product: a UUID derived from its id, so upserts are idempotent (cached: every
-    search excluding a shopper's views derives them)."""
-    return str(uuid.uuid5(_POINT_ID_NAMESPACE, product_id))
+    search excluding a shopper's views derives them). The embedded engine takes and returns UUID objects, which
+    cross into it at half the cost of their text."""
+    return uuid.uuid5(_POINT_ID_NAMESPACE, product_id)
 
 
-def point_ids(product_ids: Iterable[str]) -> list[str]:
-    """The point ids of distinct products."""
-    return [point_id(product_id) for product_id in dict.fromkeys(product_ids)]
+@functools.lru_cache(maxsize=65_536)
+def point_id(product_id: str) -> str:
+    """The point id of a product as text, as Qdrant's API takes and returns it."""
+    return str(point_uuid(product_id))
 
 
-def similarity_targets(queries: Sequence[SimilarityQuery], dim: int) -> list[tuple[dict[str, str], list[float]]]:
+def point_ids(product_ids: Iterable[str], as_point: Callable[[str], PointKey] = point_id) -> list[PointKey]:
+    """The point ids of distinct products (as text unless `as_point` is point_uuid)."""
+    return [as_point(product_id) for product_id in dict.fromkeys(product_ids)]
+
+
+def similarity_targets(queries: Sequence[SimilarityQuery], dim: int, as_point: Callable[[str], PointKey] = point_id
+                       ) -> list[tuple[dict[PointKey, str], list[float]]]:
     """Per query that names products: its point ids (each mapped to its product id) and its checked vector."""
-    return [({point_id(product_id): product_id for product_id in product_ids}, checked_vector(vector, dim))
+    return [({as_point(product_id): product_id for product_id in product_ids}, checked_vector(vector, dim))
             for vector, product_ids in queries if product_ids]
 
 
-def similarities_by_query(queries: Sequence[SimilarityQuery], targets: Sequence[tuple[dict[str, str], list[float]]],
-                          answers: Iterable[Iterable[tuple[object, float]]]) -> list[dict[str, float]]:
-    """The engine's (point id, score) answers to `targets` as one {product id: score} per query; {} for a query
-    that named no product."""
-    found = iter([{by_point[str(point)]: score for point, score in answer}
+def similarities_by_query(queries: Sequence[SimilarityQuery],
+                          targets: Sequence[tuple[dict[PointKey, str], list[float]]],
+                          answers: Iterable[Iterable[tuple[PointKey, float]]]) -> list[dict[str, float]]:
+    """The engine's (point id, score) answers to `targets`, ids as the targets hold them, as one {product id: score}
+    per query; {} for a query that named no product."""
+    found = iter([{by_point[point]: score for point, score in answer}
                   for (by_point, _), answer in zip(targets, answers, strict=True)])
     return [next(found) if product_ids else {} for _, product_ids in queries]
 
