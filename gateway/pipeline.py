@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ranker import Candidate, HistoryItem, rerank, history_vector
+from ranker import NO_TASTE, Candidate, HistoryItem, Taste, rerank, taste_of
 
 from .admission import Admission
 from .config import Settings
@@ -61,18 +61,17 @@ class Recommendations:
 
 
 @dataclass(frozen=True)
-class _Taste:
-    """What a shopper's recent views give a query: their catalog items, the taste vector (their recency-weighted
-    direction) with its nearest products, the viewed products to leave out, and whether Redis failed."""
+class _Shopper:
+    """What a shopper's recent views give a query: their taste (with the taste vector, their recency-weighted
+    direction), the taste vector's nearest products, the viewed products to leave out, and whether Redis failed."""
 
-    history: list[HistoryItem]
-    vector: np.ndarray | None
+    taste: Taste
     hits: list[Neighbour]
     excluded: set[str]
     degraded: tuple[str, ...]
 
 
-_NO_TASTE = _Taste([], None, [], set(), ())
+_ANONYMOUS = _Shopper(NO_TASTE, [], set(), ())
 
 
 @dataclass(frozen=True)
@@ -125,35 +124,35 @@ class Pipeline:
         pool = max(limit * self._settings.oversample, self._settings.min_candidates)
         by_product = query.image is None and query.product_id is not None
         queried = {check_id("product_id", query.product_id)} if by_product else set()
-        taste_task: asyncio.Task[_Taste] | None = None
+        taste_task: asyncio.Task[_Shopper] | None = None
 
         def start_taste() -> None:
             nonlocal taste_task
             if query.user_id:
-                taste_task = asyncio.create_task(self._taste(query.user_id, pool, query.categories, queried))
+                taste_task = asyncio.create_task(self._shopper(query.user_id, pool, query.categories, queried))
         try:
             vector = await self._query_vector(query, start_taste)
-            taste = await taste_task if taste_task else _NO_TASTE
+            shopper = await taste_task if taste_task else _ANONYMOUS
         finally:
             if taste_task:
                 taste_task.cancel()  # no effect once it is done
         if vector is None:
-            if taste.degraded:
+            if shopper.degraded:
                 raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
-            if taste.vector is None:
+            if shopper.taste.vector is None:
                 raise InvalidArgument("nothing to recommend from: send an image or a product_id, "
                                       "or a user_id that has recorded views")
-            vector, visual_hits = taste.vector, taste.hits
+            vector, visual_hits = shopper.taste.vector, shopper.hits
         else:
-            visual_hits = await self._search(vector, pool, query.categories, queried | taste.excluded)
-        candidate_ids = list(dict.fromkeys(hit.item.product_id for hit in [*visual_hits, *taste.hits]))
+            visual_hits = await self._search(vector, pool, query.categories, queried | shopper.excluded)
+        candidate_ids = list(dict.fromkeys(hit.item.product_id for hit in [*visual_hits, *shopper.hits]))
         scored, (popularity, popularity_degraded) = await asyncio.gather(
-            self._scored(vector, taste, visual_hits), self._popularity(candidate_ids, bool(taste.history)))
-        degraded = taste.degraded + popularity_degraded  # popularity is only read after the history was
+            self._scored(vector, shopper, visual_hits), self._popularity(candidate_ids, bool(shopper.taste.viewed)))
+        degraded = shopper.degraded + popularity_degraded  # popularity is only read after the history was
         with self._metrics.stage("rerank"):
             candidates = [Candidate(s.item.product_id, s.item.category, s.visual, s.taste,
                                     popularity[s.item.product_id]) for s in scored]
-            ranked = rerank(candidates, taste.history, self._settings.weights, limit)
+            ranked = rerank(candidates, shopper.taste, self._settings.weights, limit)
         attributes = {s.item.product_id: s.item.attributes for s in scored}
         items = [Recommended(r.product_id, r.category, dict(attributes[r.product_id]), r.score, r.visual_score,
                              r.history_score, r.category_score, r.popularity_score) for r in ranked]
@@ -222,16 +221,16 @@ class Pipeline:
                 log.warning("history skipped: %s", error or "timed out")
                 return [], ("history",)
 
-    async def _taste(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str]) -> _Taste:
-        """The shopper's recent views, their taste vector and its nearest products (read while the query
+    async def _shopper(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str]) -> _Shopper:
+        """The shopper's recent views, their taste and the taste vector's nearest products (read while the query
         image is embedded)."""
         views, degraded = await self._views(user_id)
         viewed_ids = list(dict.fromkeys(view.product_id for view in views))
-        history = await self._history_items(viewed_ids)
-        vector = history_vector(history, self._settings.weights)
+        taste = taste_of(await self._history_items(viewed_ids), self._settings.weights)
         excluded = set(viewed_ids) if self._settings.weights.exclude_viewed else set()
+        vector = taste.vector
         hits = await self._search(vector, pool, categories, queried | excluded) if vector is not None else []
-        return _Taste(history, vector, hits, excluded, degraded)
+        return _Shopper(taste, hits, excluded, degraded)
 
     async def _popularity(self, product_ids: Sequence[str], history_aware: bool
                           ) -> tuple[dict[str, float], tuple[str, ...]]:
@@ -262,20 +261,21 @@ class Pipeline:
         return [HistoryItem(pid, found[pid].category, found[pid].vector, position)
                 for position, pid in enumerate(viewed_ids) if pid in found]
 
-    async def _scored(self, query: np.ndarray, taste: _Taste, visual_hits: list[Neighbour]) -> list[_Scored]:
+    async def _scored(self, query: np.ndarray, shopper: _Shopper, visual_hits: list[Neighbour]) -> list[_Scored]:
         """The candidates of the visual search and (with a taste vector) of the taste search, each with its
         similarity to the query and to the taste vector.
 
         A search scores its own hits; the catalog scores the other search's hits against the other vector,
         reading no vectors. Products deleted between the searches are left out.
         """
-        if taste.vector is None:
+        taste = shopper.taste.vector
+        if taste is None:
             return [_Scored(hit.item, hit.score, 0.0) for hit in visual_hits]
         by_id = {hit.item.product_id: hit for hit in visual_hits}
-        taste_by_id = {hit.item.product_id: hit for hit in taste.hits}
+        taste_by_id = {hit.item.product_id: hit for hit in shopper.hits}
         visual_only = [product_id for product_id in by_id if product_id not in taste_by_id]
         taste_only = [product_id for product_id in taste_by_id if product_id not in by_id]
-        to_taste, to_query = await self._similarities([(taste.vector, visual_only), (query, taste_only)])
+        to_taste, to_query = await self._similarities([(taste, visual_only), (query, taste_only)])
         scored = [_Scored(hit.item, hit.score, taste_by_id[pid].score if pid in taste_by_id else to_taste[pid])
                   for pid, hit in by_id.items() if pid in taste_by_id or pid in to_taste]
         scored += [_Scored(taste_by_id[pid].item, to_query[pid], taste_by_id[pid].score)

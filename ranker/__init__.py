@@ -1,5 +1,5 @@
 """History-aware re-ranking: numbers in, ordered products with their score parts out (numpy only)."""
 
-from ranker.ranking import Candidate, HistoryItem, Ranked, Weights, history_vector, rerank
+from ranker.ranking import NO_TASTE, Candidate, HistoryItem, Ranked, Taste, Weights, rerank, taste_of
 
-__all__ = ["Candidate", "HistoryItem", "Ranked", "Weights", "history_vector", "rerank"]
+__all__ = ["NO_TASTE", "Candidate", "HistoryItem", "Ranked", "Taste", "Weights", "rerank", "taste_of"]

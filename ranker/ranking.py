@@ -6,8 +6,8 @@ Each candidate gets four score parts:
 - ``history_score``: the recency-weighted mean cosine similarity between its vector and the vectors of
   the shopper's recent views (-1..1). That mean is ``|m| * cos(candidate, m)`` for the recency-weighted
   mean ``m`` of the unit view vectors, so the caller gives each candidate's cosine similarity to
-  :func:`history_vector` (``taste_similarity``; a vector search scores it) and candidate vectors are
-  never needed;
+  ``m``'s direction, :attr:`Taste.vector` (``taste_similarity``; a vector search scores it) and candidate
+  vectors are never needed;
 - ``category_score``: the recency-weighted share of recent views in its category (0..1);
 - ``popularity_score``: how much all shoppers viewed it, as given by the caller (0..1);
 
@@ -15,12 +15,12 @@ and ``score = visual * visual_score + history * history_score + category * categ
 + popularity * popularity_score`` with the weights of :class:`Weights`. The view at position ``p``
 (0 = most recent) has the recency weight ``0.5 ** (p / half_life_views)``; the weights of a history are
 normalised to sum 1. With an empty history both history parts are 0; with popularity 0 as well the order
-is the visual order.
+is the visual order. :func:`taste_of` summarises a history once; :func:`rerank` ranks with that summary.
 """
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +91,28 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Taste:
+    """A shopper's recent views as ranking uses them, from :func:`taste_of`.
+
+    Attributes:
+        vector: the recency-weighted mean ``m`` of the unit view vectors, L2-normalised; None without views or
+            when they cancel out. It is the query of the taste search and of history-only recommendations.
+        strength: ``|m|`` (0..1): a candidate's mean cosine similarity to the views is
+            ``strength * cos(candidate, vector)``.
+        category_shares: the recency-weighted share of the views in each category viewed.
+        viewed: the viewed products' ids.
+    """
+
+    vector: np.ndarray | None
+    strength: float
+    category_shares: Mapping[str, float]
+    viewed: frozenset[str]
+
+
+NO_TASTE = Taste(None, 0.0, {}, frozenset())
+
+
+@dataclass(frozen=True)
 class Ranked:
     """A ranked product with its total score and the parts it is made of (before weighting)."""
 
@@ -103,20 +125,19 @@ class Ranked:
     popularity_score: float
 
 
-def rerank(candidates: Sequence[Candidate], history: Sequence[HistoryItem], weights: Weights = Weights(),
+def rerank(candidates: Sequence[Candidate], taste: Taste = NO_TASTE, weights: Weights = Weights(),
            limit: int | None = None) -> list[Ranked]:
     """Candidates ordered by score desc, then visual score desc, then product id asc; at most ``limit``.
 
-    Raises ValueError for a negative limit, duplicate candidate ids, a non-finite visual score or taste
-    similarity, a popularity outside 0..1, a negative history position, or history vectors that are not 1-D,
-    finite and all of the same length.
+    ``taste`` is :func:`taste_of` the shopper's history under the same weights. Raises ValueError for a negative
+    limit, duplicate candidate ids, a non-finite visual score or taste similarity, or a popularity outside 0..1.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    history_matrix = _validate(candidates, history)
-    viewed = {item.product_id for item in history} if weights.exclude_viewed else set()
-    kept = [c for c in candidates if c.product_id not in viewed]
-    history_scores, category_scores = _history_parts(kept, history, history_matrix, weights)
+    _validate(candidates)
+    kept = [c for c in candidates if c.product_id not in taste.viewed] if weights.exclude_viewed else candidates
+    history_scores = [taste.strength * float(c.taste_similarity) for c in kept]
+    category_scores = [taste.category_shares.get(c.category, 0.0) for c in kept]
     scores = [float(weights.visual * c.visual_score + weights.history * history_score
                     + weights.category * category_score + weights.popularity * c.popularity)
               for c, history_score, category_score in zip(kept, history_scores, category_scores, strict=True)]
@@ -127,36 +148,26 @@ def rerank(candidates: Sequence[Candidate], history: Sequence[HistoryItem], weig
             for i in order[:limit]]  # only the returned candidates become Ranked: most of a pool is cut
 
 
-def history_vector(history: Sequence[HistoryItem], weights: Weights = Weights()) -> np.ndarray | None:
-    """Recency-weighted mean of the (L2-normalised) history vectors, L2-normalised.
+def taste_of(history: Sequence[HistoryItem], weights: Weights = Weights()) -> Taste:
+    """The history's :class:`Taste`: checked and converted once, for the taste search and the re-rank.
 
-    None for an empty history, or when the vectors cancel out; it serves as the query of history-only
-    recommendations. Raises ValueError on the same history problems as :func:`rerank`.
+    Raises ValueError for a negative history position, or history vectors that are not 1-D, finite and all of
+    the same length.
     """
-    history_matrix = _validate([], history)
+    for item in history:
+        if item.position < 0:
+            raise ValueError(f"history item {item.product_id}: position must be >= 0, got {item.position}")
+    history_matrix = _history_matrix(history)
     if not history:
-        return None
-    mean = _mean_direction(history_matrix, _recency_weights(history, weights))
-    norm = float(np.linalg.norm(mean))
-    return mean / norm if norm > _MIN_MEAN_LENGTH else None
-
-
-def _history_parts(candidates: Sequence[Candidate], history: Sequence[HistoryItem], history_matrix: np.ndarray,
-                   weights: Weights) -> tuple[list[float], list[float]]:
-    """Per candidate: recency-weighted mean cosine similarity to the history, and category share.
-
-    The mean of the cosine similarities is the candidate's cosine similarity to the mean history direction
-    times that direction's length.
-    """
-    if not candidates or not history:
-        return [0.0] * len(candidates), [0.0] * len(candidates)
+        return NO_TASTE
     recency = _recency_weights(history, weights)
-    mean_length = float(np.linalg.norm(_mean_direction(history_matrix, recency)))
-    history_scores = [mean_length * float(c.taste_similarity) for c in candidates]
-    category_share: dict[str, float] = {}
+    mean = _mean_direction(history_matrix, recency)
+    strength = float(np.linalg.norm(mean))
+    category_shares: dict[str, float] = {}
     for item, weight in zip(history, recency, strict=True):
-        category_share[item.category] = category_share.get(item.category, 0.0) + float(weight)
-    return history_scores, [category_share.get(c.category, 0.0) for c in candidates]
+        category_shares[item.category] = category_shares.get(item.category, 0.0) + float(weight)
+    vector = mean / strength if strength > _MIN_MEAN_LENGTH else None
+    return Taste(vector, strength, category_shares, frozenset(item.product_id for item in history))
 
 
 def _mean_direction(history_matrix: np.ndarray, recency: np.ndarray) -> np.ndarray:
@@ -182,9 +193,8 @@ def _divide_by_length(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.divide(values, lengths, out=np.zeros_like(values), where=lengths > 0)
 
 
-def _validate(candidates: Sequence[Candidate], history: Sequence[HistoryItem]) -> np.ndarray:
-    """Unique candidate ids, finite similarities, popularity in 0..1, non-negative positions, consistent vectors;
-    returns the history vectors as the float64 rows of a matrix."""
+def _validate(candidates: Sequence[Candidate]) -> None:
+    """Unique candidate ids, finite similarities, popularity in 0..1."""
     repeated = sorted(product_id for product_id, count in Counter(c.product_id for c in candidates).items()
                       if count > 1)
     if repeated:
@@ -195,10 +205,6 @@ def _validate(candidates: Sequence[Candidate], history: Sequence[HistoryItem]) -
                 raise ValueError(f"candidate {c.product_id}: {name} must be finite, got {getattr(c, name)!r}")
         if not 0.0 <= c.popularity <= 1.0:
             raise ValueError(f"candidate {c.product_id}: popularity must be in 0..1, got {c.popularity!r}")
-    for item in history:
-        if item.position < 0:
-            raise ValueError(f"history item {item.product_id}: position must be >= 0, got {item.position}")
-    return _history_matrix(history)
 
 
 def _history_matrix(history: Sequence[HistoryItem]) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranker import Candidate, HistoryItem, Ranked, Weights, history_vector, rerank
+from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, Weights, rerank, taste_of
 
 CATEGORIES = ("bags", "dresses", "shoes")
 PRODUCT_IDS = tuple(f"p{index:02d}" for index in range(16))
@@ -25,7 +25,7 @@ def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
 
 def taste_similarity(vector: np.ndarray, history: list[HistoryItem], weights: Weights = Weights()) -> float:
     """What a vector search gives the ranker: the cosine similarity to the history vector, 0 without one."""
-    taste = history_vector(history, weights)
+    taste = taste_of(history, weights).vector
     return 0.0 if taste is None else cosine(vector, taste)
 
 
@@ -90,7 +90,7 @@ def bag_view(product_id: str, vector: list[float], position: int = 0) -> History
 @given(scenarios(), weights_strategy)
 def test_empty_history_and_no_popularity_give_the_visual_order(scenario: Scenario, weights: Weights) -> None:
     candidates = [replace(candidate, popularity=0.0) for candidate in scenario[0]]
-    ranked = rerank(candidates, [], weights)
+    ranked = rerank(candidates, NO_TASTE, weights)
     assert ids_of(ranked) == visual_order(candidates)
     for r in ranked:
         assert (r.history_score, r.category_score) == (0.0, 0.0)
@@ -104,7 +104,7 @@ def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weigh
     candidates = with_weights(scenario, weights)
     by_id = {c.product_id: c for c in candidates}
     recency = [0.5 ** (h.position / weights.half_life_views) for h in history]
-    for r in rerank(candidates, history, weights):
+    for r in rerank(candidates, taste_of(history, weights), weights):
         candidate = by_id[r.product_id]
         if history:
             vector = vectors_by_id[r.product_id]
@@ -125,17 +125,18 @@ def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weigh
 def test_popularity_lifts_a_product_shoppers_view_more_over_a_slightly_closer_one() -> None:
     closer, popular = bag("closer", visual_score=0.80), replace(bag("popular", 0.75), popularity=1.0)
     history = [bag_view("seen", [0, 1])]
-    assert ids_of(rerank([closer, popular], history)) == ["popular", "closer"]
-    assert ids_of(rerank([closer, popular], history, Weights(popularity=0.0))) == ["closer", "popular"]
+    assert ids_of(rerank([closer, popular], taste_of(history))) == ["popular", "closer"]
+    assert ids_of(rerank([closer, popular], taste_of(history), Weights(popularity=0.0))) == ["closer", "popular"]
 
 
 @few_examples
 @given(scenarios(), weights_strategy)
 def test_order_is_a_deterministic_total_order(scenario: Scenario, weights: Weights) -> None:
     candidates, history, _ = scenario
-    ranked = rerank(candidates, history, weights)
-    assert rerank(candidates, history, weights) == ranked
-    assert rerank(candidates[::-1], history, weights) == ranked
+    taste = taste_of(history, weights)
+    ranked = rerank(candidates, taste, weights)
+    assert rerank(candidates, taste_of(history, weights), weights) == ranked
+    assert rerank(candidates[::-1], taste, weights) == ranked
     keys = [(-r.score, -r.visual_score, r.product_id) for r in ranked]
     assert keys == sorted(keys)
 
@@ -147,7 +148,7 @@ def test_history_in_one_category_moves_that_category_up(scenario: Scenario, cate
     candidates, history, _ = scenario
     history = [replace(h, category=category) for h in history]
     weights = Weights(history=0.0, category=category_weight, popularity=0.0, exclude_viewed=exclude_viewed)
-    ranked = ids_of(rerank(candidates, history, weights))
+    ranked = ids_of(rerank(candidates, taste_of(history, weights), weights))
     before = visual_order([c for c in candidates if c.product_id in ranked])
     for c in candidates:
         if c.product_id in ranked and c.category == category:
@@ -161,10 +162,10 @@ def test_history_in_one_category_lifts_it_with_default_weights() -> None:
     history = [HistoryItem(f"shoe-viewed-{p}", "shoes", shoe + 0.1 * bag, p) for p in range(3)]
     candidates = [Candidate("bag-1", "bags", 0.80), Candidate("bag-2", "bags", 0.79),
                   Candidate("shoe-1", "shoes", 0.75)]
-    assert ids_of(rerank(candidates, [])) == ["bag-1", "bag-2", "shoe-1"]
+    assert ids_of(rerank(candidates)) == ["bag-1", "bag-2", "shoe-1"]
     tastes = {"bags": taste_similarity(bag, history), "shoes": taste_similarity(shoe, history)}
     candidates = [replace(c, taste_similarity=tastes[c.category]) for c in candidates]
-    assert ids_of(rerank(candidates, history)) == ["shoe-1", "bag-1", "bag-2"]
+    assert ids_of(rerank(candidates, taste_of(history))) == ["shoe-1", "bag-1", "bag-2"]
 
 
 @few_examples
@@ -172,10 +173,11 @@ def test_history_in_one_category_lifts_it_with_default_weights() -> None:
 def test_viewed_items_are_excluded_unless_asked_otherwise(scenario: Scenario) -> None:
     candidates, history, _ = scenario
     viewed = {h.product_id for h in history}
-    assert ids_of(rerank(candidates, history)) == [
-        r.product_id for r in rerank(candidates, history, Weights(exclude_viewed=False))
-        if r.product_id not in viewed]
-    assert sorted(ids_of(rerank(candidates, history, Weights(exclude_viewed=False)))) == sorted(
+    taste = taste_of(history)
+    assert taste.viewed == viewed
+    assert ids_of(rerank(candidates, taste)) == [
+        r.product_id for r in rerank(candidates, taste, Weights(exclude_viewed=False)) if r.product_id not in viewed]
+    assert sorted(ids_of(rerank(candidates, taste, Weights(exclude_viewed=False)))) == sorted(
         c.product_id for c in candidates)
 
 
@@ -188,7 +190,7 @@ def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shi
 
     def parts_with_view_at(view_position: int) -> tuple[float, float]:
         history = [*others, HistoryItem("seen", "hats", vector, view_position)]
-        [r] = rerank([Candidate("new", "hats", 0.5, taste_similarity(vector, history))], history)
+        [r] = rerank([Candidate("new", "hats", 0.5, taste_similarity(vector, history))], taste_of(history))
         return r.history_score, r.category_score
 
     recent, older = parts_with_view_at(position), parts_with_view_at(position + shift)
@@ -203,15 +205,16 @@ def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shi
 @given(scenarios(), weights_strategy, st.integers(0, 12))
 def test_limit_keeps_the_top_of_the_full_order(scenario: Scenario, weights: Weights, limit: int) -> None:
     candidates, history, _ = scenario
-    assert rerank(candidates, history, weights, limit=limit) == rerank(candidates, history, weights)[:limit]
+    taste = taste_of(history, weights)
+    assert rerank(candidates, taste, weights, limit=limit) == rerank(candidates, taste, weights)[:limit]
 
 
 @few_examples
 @given(scenarios(min_history=1), weights_strategy)
-def test_history_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, weights: Weights) -> None:
+def test_taste_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, weights: Weights) -> None:
     _, history, _ = scenario
     mean = sum(0.5 ** (h.position / weights.half_life_views) * direction(h.vector) for h in history)
-    vector = history_vector(history, weights)
+    vector = taste_of(history, weights).vector
     if vector is None:
         assert np.linalg.norm(mean) == pytest.approx(0.0, abs=1e-8)
     else:
@@ -224,26 +227,26 @@ def test_only_relative_positions_matter_however_old_the_history() -> None:
     recent = [bag_view("x", [1, 0], 0), bag_view("y", [0, 1], 3)]
     old = [replace(view, position=view.position + 5000) for view in recent]
     weights = Weights(half_life_views=1.0)
-    assert rerank(candidates, old, weights) == rerank(candidates, recent, weights)
-    assert history_vector(old, weights) == pytest.approx(history_vector(recent, weights))
+    assert taste_of(old, weights).vector == pytest.approx(taste_of(recent, weights).vector)
+    assert rerank(candidates, taste_of(old, weights), weights) == rerank(candidates, taste_of(recent, weights), weights)
 
 
-def test_history_vector_of_one_view_is_its_direction_and_none_when_empty() -> None:
-    assert history_vector([]) is None
-    vector = history_vector([HistoryItem("a", "bags", np.array([3.0, 4.0], dtype=np.float32), 7)])
+def test_taste_vector_of_one_view_is_its_direction_and_none_when_empty() -> None:
+    assert taste_of([]) == NO_TASTE
+    vector = taste_of([HistoryItem("a", "bags", np.array([3.0, 4.0], dtype=np.float32), 7)]).vector
     assert vector is not None and vector.tolist() == pytest.approx([0.6, 0.8])
 
 
-def test_history_vector_is_none_when_the_views_cancel_out() -> None:
-    assert history_vector([bag_view("a", [1, 2], 4), bag_view("b", [-2, -4], 4)]) is None
+def test_taste_vector_is_none_when_the_views_cancel_out() -> None:
+    assert taste_of([bag_view("a", [1, 2], 4), bag_view("b", [-2, -4], 4)]).vector is None
     # Weights 2 ** -0.5, 2 ** -0.5 and 1 cancel only up to rounding: no direction is left either.
     views = [bag_view("x", [1, 0], 1), bag_view("y", [0, 1], 1), bag_view("z", [-1, -1], 0)]
-    assert history_vector(views, Weights(half_life_views=2.0)) is None
+    assert taste_of(views, Weights(half_life_views=2.0)).vector is None
 
 
-def test_history_vector_leans_to_recent_views() -> None:
+def test_taste_vector_leans_to_recent_views() -> None:
     x, y = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-    vector = history_vector([HistoryItem("a", "bags", x, 0), HistoryItem("b", "bags", y, 5)])
+    vector = taste_of([HistoryItem("a", "bags", x, 0), HistoryItem("b", "bags", y, 5)]).vector
     expected = np.array([1.0, 0.5]) / math.hypot(1.0, 0.5)
     assert vector is not None and vector.tolist() == pytest.approx(expected.tolist())
 
@@ -276,9 +279,9 @@ def test_invalid_weights_are_rejected(fields: dict[str, float], message: str) ->
 def test_invalid_inputs_are_rejected(candidates: list[Candidate], history: list[HistoryItem],
                                      limit: int | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        rerank(candidates, history, limit=limit)
+        rerank(candidates, taste_of(history), limit=limit)
 
 
-def test_history_vector_validates_its_input() -> None:
+def test_taste_of_validates_its_input() -> None:
     with pytest.raises(ValueError, match="history item b: vector has 1 dimensions, expected 2"):
-        history_vector([bag_view("a", [1, 0]), bag_view("b", [1])])
+        taste_of([bag_view("a", [1, 0]), bag_view("b", [1])])
