@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder of the reports")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--model-version", default="",
+                        help="the exported model version every layer measures (default: the latest, as served)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs")
     sizes = parser.add_argument_group("sizes (defaults: the full run, or the smoke run with --smoke)")
     sizes.add_argument("--images", type=int, help=f"Fashion-MNIST test images every layer uses ({FULL['images']})")
@@ -96,7 +98,8 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
     concurrencies = sorted({1, args.concurrency})
     triton_pid = next(pid for pid, role in roles.items() if role == "Triton")
     core_placements = placements()
-    with serving.gateway_process(triton.grpc_url, redis_url, work, args.out / "bench-gateway.log") as gateway:
+    with serving.gateway_process(triton.grpc_url, info.version, redis_url, work,
+                                 args.out / "bench-gateway.log") as gateway:
         roles = {**roles, gateway.pid: "gateway"}
         triton_load = serving.TritonLoad(triton.grpc_url, info, images)
         gateway_load = serving.GatewayLoad(gateway.address, images, args.users)
@@ -142,14 +145,15 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
     settings = Settings()
     config = model.read_model_config(args.repository / settings.model_name / "config.pbtxt")
     threads = model.serving_threads(config)
+    version = model.served_version(args.repository / settings.model_name, args.model_version)
     images = load_images(args.images)
-    log.info("1. model in-process: batch sizes %s, threads %s", args.batch_sizes, threads)
-    model_report, embeddings = model.bench_model(args.repository / settings.model_name / "1" / "model.pt",
+    log.info("1. model version %s in-process: batch sizes %s, threads %s", version, args.batch_sizes, threads)
+    model_report, embeddings = model.bench_model(args.repository / settings.model_name / version / "model.pt",
                                                  images.pixels, args.batch_sizes, threads, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)
     with TritonServer(args.repository, work_dir=work / "triton") as triton, RedisServer(work / "redis") as redis:
         roles = {child_pid("tritonserver"): "Triton", child_pid("redis-server"): "Redis"}
-        async with await TritonEmbedder.connect(triton.grpc_url, settings.model_name) as embedder:
+        async with await TritonEmbedder.connect(triton.grpc_url, settings.model_name, version) as embedder:
             info = embedder.info
         log.info("4. vector search over %d points", args.points)
         vector_report = await vectors.bench_vectors(work / "qdrant", info, embeddings, images.categories,
@@ -165,10 +169,11 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
                 args.repository, info, args.triton_variants, images, sorted({1, args.concurrency}), args.duration,
                 args.rounds, work)
         log.info("5. bulk ingestion of %d images", args.ingest_images)
-        ingestion = await storage.bench_ingestion(triton.grpc_url, work / "ingest", images, args.ingest_images,
-                                                  settings)
+        ingestion = await storage.bench_ingestion(triton.grpc_url, version, work / "ingest", images,
+                                                  args.ingest_images, settings)
     machine["load_after"] = _load_average()
     serving_settings = {
+        "model version": version,
         "Triton max_batch_size": config.max_batch_size,
         "Triton preferred_batch_size": list(config.dynamic_batching.preferred_batch_size),
         "Triton max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_microseconds,

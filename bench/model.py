@@ -27,6 +27,18 @@ def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
+def served_version(model_dir: Path, requested: str = "") -> str:
+    """The model version every layer measures: `requested`, or else the latest one exported under `model_dir`,
+    which Triton's version policy and a new catalog serve."""
+    exported = {path.parent.name for path in model_dir.glob("*/model.pt") if path.parent.name.isdigit()}
+    if not exported:
+        raise FileNotFoundError(f"no model exported under {model_dir}; run `make model`")
+    if requested and requested not in exported:
+        raise FileNotFoundError(f"version {requested} is not exported under {model_dir}; "
+                                f"exported: {', '.join(sorted(exported, key=int))}")
+    return requested or max(exported, key=int)
+
+
 def use_serving_allocator() -> None:
     """Sets this process's glibc allocator as Triton's environment sets it (ALLOCATOR_ENV), so that the
     in-process model allocates as it does when served."""

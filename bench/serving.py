@@ -107,12 +107,14 @@ def _wait_serving(process: subprocess.Popen[bytes], address: str, log_path: Path
 
 
 @contextlib.contextmanager
-def gateway_process(triton_url: str, redis_url: str, data_dir: Path, log_path: Path,
+def gateway_process(triton_url: str, model_version: str, redis_url: str, data_dir: Path, log_path: Path,
                     timeout_s: float = 120.0) -> Iterator[GatewayProcess]:
-    """The gateway as `make run` starts it (`python -m stack.run serve`), in its own process, on free ports."""
+    """The gateway as `make run` starts it (`python -m stack.run serve`), in its own process, on free ports, serving
+    `model_version` of the model."""
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "TRITON_URL": triton_url, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir),
-           "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port), "DEMO_CATALOG_SIZE": "0"}
+    env = {**os.environ, "TRITON_URL": triton_url, "MODEL_VERSION": model_version, "REDIS_URL": redis_url,
+           "DATA_DIR": str(data_dir), "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port),
+           "DEMO_CATALOG_SIZE": "0"}
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "stack.run", "serve"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)

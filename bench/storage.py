@@ -48,11 +48,13 @@ class IngestReport:
     images_per_s: float
 
 
-async def bench_ingestion(triton_url: str, path: Path, images: ImageSet, count: int,
+async def bench_ingestion(triton_url: str, version: str, path: Path, images: ImageSet, count: int,
                           settings: Settings) -> IngestReport:
     """Images/s of the ingestion path `make index` and Catalog.UpsertProducts share: PNG bytes in batches
-    of the configured size, decoded in the gateway's pool, embedded by Triton, upserted into a fresh catalog."""
-    embedder = await TritonEmbedder.connect(triton_url, settings.model_name, max_message_bytes=settings.max_message_bytes)
+    of the configured size, decoded in the gateway's pool, embedded by Triton (model `version`), upserted into a
+    fresh catalog."""
+    embedder = await TritonEmbedder.connect(triton_url, settings.model_name, version,
+                                            max_message_bytes=settings.max_message_bytes)
     catalog = EdgeCatalog(path, "ingested")
     decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
     products = [NewProduct(f"ingest-{index:07d}", images.categories[index % len(images)],

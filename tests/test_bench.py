@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench.model import read_model_config
+from bench.model import read_model_config, served_version
 from bench.processes import place, placements
 from bench.profiling import summarize_stacks
 from bench.serving import stage_means_ms, stage_seconds
@@ -132,6 +132,19 @@ def test_the_serving_allocator_keeps_freed_activations_instead_of_faulting_them_
     assert int(result.stdout) < 500  # without the settings: 10,602 here
 
 
+def test_every_layer_measures_the_latest_exported_version_unless_one_is_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run `make model`"):
+        served_version(tmp_path)
+    for version in ("1", "2", "10", "notes"):
+        (tmp_path / version).mkdir()
+    for version in ("1", "2", "notes"):
+        (tmp_path / version / "model.pt").touch()  # "10" is a version directory without its model
+    assert served_version(tmp_path) == "2"
+    assert served_version(tmp_path, "1") == "1"
+    with pytest.raises(FileNotFoundError, match="version 10 is not exported .*; exported: 1, 2"):
+        served_version(tmp_path, "10")
+
+
 @pytest.mark.slow
 def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT, check=False,
@@ -144,6 +157,7 @@ def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path)
     assert [batch["batch_size"] for batch in document["model"]["batches"]] == [1, 4]
     assert document["model"]["gflops_per_image"] > 0.1
     assert document["settings"]["Triton's allocator (glibc)"] == ALLOCATOR_ENV
+    assert document["settings"]["model version"] == served_version(ROOT / "model_repository" / "product_embedder")
     assert [(c["placement"], c["concurrency"]) for c in document["serving"]] == [
         (placement.name, concurrency) for placement in placements() for concurrency in (1, 2)]
     for comparison in document["serving"]:
