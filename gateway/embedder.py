@@ -7,7 +7,7 @@ vectors never silently change model under a running gateway. Triton and transpor
 the domain's Unavailable / DeadlineExceeded / ResourceExhausted with messages a caller can act on.
 """
 
-import time
+import asyncio
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import TypeVar
@@ -130,18 +130,20 @@ class TritonEmbedder:
     async def embed(self, images: np.ndarray, timeout_s: float) -> np.ndarray:
         """L2-normalised float32 [N, D] embeddings of uint8 [N, 224, 224, 3] images, within ``timeout_s``.
 
-        Batches above ``max_batch_size`` go as consecutive requests under the same deadline.
+        Batches above ``max_batch_size`` go as concurrent requests under the same deadline, so that every model
+        instance works on them; the first failure cancels the rest.
         """
         _validate(images)
-        deadline = time.monotonic() + timeout_s
-        parts = []
-        for start in range(0, len(images), self.max_batch_size):
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise DeadlineExceeded(f"embedding {len(images)} images with {self.info} ran out of its "
-                                       f"{timeout_s:.3g} s budget")
-            parts.append(await self._infer(images[start:start + self.max_batch_size], remaining_s))
-        return np.concatenate(parts)
+        if timeout_s <= 0:
+            raise DeadlineExceeded(f"embedding {len(images)} images with {self.info} ran out of its "
+                                   f"{timeout_s:.3g} s budget")
+        requests = [asyncio.ensure_future(self._infer(images[start:start + self.max_batch_size], timeout_s))
+                    for start in range(0, len(images), self.max_batch_size)]
+        try:
+            return np.concatenate(await asyncio.gather(*requests))
+        finally:
+            for request in requests:
+                request.cancel()  # no effect on those that finished
 
     async def _infer(self, batch: np.ndarray, timeout_s: float) -> np.ndarray:
         request = InferInput(self._input_name, list(batch.shape), "UINT8")

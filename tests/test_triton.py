@@ -117,14 +117,28 @@ async def test_batches_above_max_batch_size_are_split(tiny_embedder: TritonEmbed
     assert np.abs(served - torchscript_embeddings(tiny_repository, images)).max() <= 1e-5
 
 
-async def test_the_message_size_limit_caps_the_request_batch(tiny_triton: TritonServer,
-                                                            tiny_repository: Path) -> None:
+async def test_the_message_size_limit_caps_the_request_batch_and_the_requests_go_together(
+        tiny_triton: TritonServer, tiny_repository: Path) -> None:
     limit = REQUEST_OVERHEAD_BYTES + 4 * IMAGE_BYTES
     async with await TritonEmbedder.connect(tiny_triton.grpc_url, TINY_MODEL, max_message_bytes=limit) as embedder:
         assert embedder.max_batch_size == 4
+        in_flight, most_in_flight = 0, 0
+        infer = embedder._infer
+
+        async def counted(batch: np.ndarray, timeout_s: float) -> np.ndarray:
+            nonlocal in_flight, most_in_flight
+            in_flight += 1
+            most_in_flight = max(most_in_flight, in_flight)
+            try:
+                return await infer(batch, timeout_s)
+            finally:
+                in_flight -= 1
+
+        embedder._infer = counted  # type: ignore[method-assign]
         images = random_images(10, seed=4)
         served = await embedder.embed(images, timeout_s=20.0)
     assert np.abs(served - torchscript_embeddings(tiny_repository, images)).max() <= 1e-5
+    assert most_in_flight == 3, "the three requests of 4, 4 and 2 images were sent one after the other"
 
 
 @pytest.mark.parametrize("images", [
