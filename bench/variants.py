@@ -43,15 +43,16 @@ class VariantResult:
     errors: int
 
 
-def write_variant(repository: Path, model_name: str, variant: Variant, target: Path) -> Path:
-    """A repository serving the same model.pt with the served config changed to `variant` only."""
-    config = read_model_config(repository / model_name / "config.pbtxt")
+def write_variant(repository: Path, model: ModelInfo, variant: Variant, target: Path) -> Path:
+    """A repository serving the same version's model.pt with the served config changed to `variant` only."""
+    config = read_model_config(repository / model.name / "config.pbtxt")
     del config.instance_group[1:]
     config.instance_group[0].count = variant.instances
     config.parameters["INTRA_OP_THREAD_COUNT"].string_value = str(variant.threads)
-    (target / model_name / "1").mkdir(parents=True)
-    (target / model_name / "config.pbtxt").write_text(text_format.MessageToString(config))
-    (target / model_name / "1" / "model.pt").symlink_to((repository / model_name / "1" / "model.pt").resolve())
+    (target / model.name / model.version).mkdir(parents=True)
+    (target / model.name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    served = repository / model.name / model.version / "model.pt"
+    (target / model.name / model.version / "model.pt").symlink_to(served.resolve())
     return target
 
 
@@ -70,7 +71,7 @@ async def compare_variants(repository: Path, model: ModelInfo, variants: Sequenc
     with contextlib.ExitStack() as stack:
         loads = []
         for variant in variants:
-            variant_repository = write_variant(repository, model.name, variant, work / f"variant-{variant}")
+            variant_repository = write_variant(repository, model, variant, work / f"variant-{variant}")
             server = stack.enter_context(TritonServer(variant_repository, work_dir=work / f"triton-{variant}"))
             loads.append((variant, TritonLoad(server.grpc_url, model, images)))
         try:

@@ -18,6 +18,7 @@ from bench.stats import summarize
 from bench.variants import Variant, write_variant
 from bench.vectors import K, _merge_top
 from bench.workload import catalog_chunks, perturbed_embeddings
+from gateway.domain import ModelInfo
 from gateway.metrics import Metrics
 from model_export.triton_config import ALLOCATOR_ENV, local_config, render_config
 
@@ -100,12 +101,14 @@ def test_stage_means_come_from_the_gateways_histogram_deltas() -> None:
     assert stage_means_ms(before, after) == {"embed": pytest.approx(30.0), "search": pytest.approx(3.0)}
 
 
-def test_a_variant_changes_only_instances_and_threads(tmp_path: Path) -> None:
+def test_a_variant_changes_only_instances_and_threads_and_serves_the_measured_version(tmp_path: Path) -> None:
     production = tmp_path / "production"
-    (production / "m" / "1").mkdir(parents=True)
+    for version in ("1", "2"):
+        (production / "m" / version).mkdir(parents=True)
+        (production / "m" / version / "model.pt").write_bytes(b"weights " + version.encode())
     (production / "m" / "config.pbtxt").write_text(render_config("m", "tiny", 8))
-    (production / "m" / "1" / "model.pt").write_bytes(b"weights")
-    variant = write_variant(production, "m", Variant.parse("3x2"), tmp_path / "variant")
+    model = ModelInfo(name="m", version="2", backbone="tiny", dim=8)
+    variant = write_variant(production, model, Variant.parse("3x2"), tmp_path / "variant")
     original, changed = (read_model_config(root / "m" / "config.pbtxt") for root in (production, variant))
     assert [group.count for group in changed.instance_group] == [3]
     assert changed.parameters["INTRA_OP_THREAD_COUNT"].string_value == "2"
@@ -113,7 +116,8 @@ def test_a_variant_changes_only_instances_and_threads(tmp_path: Path) -> None:
     del original.parameters["INTRA_OP_THREAD_COUNT"], changed.parameters["INTRA_OP_THREAD_COUNT"]
     assert changed == original
     assert 'backend: "python"' in local_config((variant / "m" / "config.pbtxt").read_text())
-    assert (variant / "m" / "1" / "model.pt").read_bytes() == b"weights"
+    assert [path.name for path in (variant / "m").iterdir() if path.is_dir()] == ["2"]
+    assert (variant / "m" / "2" / "model.pt").read_bytes() == b"weights 2"
 
 
 def test_the_serving_allocator_keeps_freed_activations_instead_of_faulting_them_in_again() -> None:
