@@ -137,6 +137,8 @@ class TritonEmbedder:
         if timeout_s <= 0:
             raise DeadlineExceeded(f"embedding {len(images)} images with {self.info} ran out of its "
                                    f"{timeout_s:.3g} s budget")
+        if len(images) <= self.max_batch_size:  # one request, as every Recommend sends: no task to schedule
+            return await self._infer(images, timeout_s)
         requests = [asyncio.ensure_future(self._infer(images[start:start + self.max_batch_size], timeout_s))
                     for start in range(0, len(images), self.max_batch_size)]
         try:
