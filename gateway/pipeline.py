@@ -268,14 +268,14 @@ class Pipeline:
         A search scores its own hits; the catalog scores the other search's hits against the other vector,
         reading no vectors. Products deleted between the searches are left out.
         """
-        taste = shopper.taste.vector
-        if taste is None:
+        taste_vector = shopper.taste.vector
+        if taste_vector is None:
             return [_Scored(hit.item, hit.score, 0.0) for hit in visual_hits]
         by_id = {hit.item.product_id: hit for hit in visual_hits}
         taste_by_id = {hit.item.product_id: hit for hit in shopper.hits}
         visual_only = [product_id for product_id in by_id if product_id not in taste_by_id]
         taste_only = [product_id for product_id in taste_by_id if product_id not in by_id]
-        to_taste, to_query = await self._similarities([(taste, visual_only), (query, taste_only)])
+        to_taste, to_query = await self._similarities([(taste_vector, visual_only), (query, taste_only)])
         scored = [_Scored(hit.item, hit.score, taste_by_id[pid].score if pid in taste_by_id else to_taste[pid])
                   for pid, hit in by_id.items() if pid in taste_by_id or pid in to_taste]
         scored += [_Scored(taste_by_id[pid].item, to_query[pid], taste_by_id[pid].score)

@@ -32,7 +32,7 @@ _MIN_MEAN_LENGTH = 1e-9
 @dataclass(frozen=True)
 class Candidate:
     """A product to rank: its id, category, cosine similarity to the query, cosine similarity to the
-    shopper's :func:`history_vector` (0 without one), and popularity (0..1)."""
+    shopper's taste vector (:attr:`Taste.vector`; 0 without one), and popularity (0..1)."""
 
     product_id: str
     category: str
