@@ -1,7 +1,8 @@
 """`python -m bench` (`make bench`): every layer of the serving path, one run, the same images.
 
 1. the TorchScript model in-process, per batch size, against a matmul ceiling;
-2. Triton alone and 3. the gateway end to end, alternating at the same concurrency, then py-spy on the gateway;
+2. Triton alone and 3. the gateway end to end, alternating at the same concurrency (at concurrency 1 also a bare
+   health check of the gateway), then py-spy on the gateway;
 4. vector search on the embedded Qdrant engine (100 k points by default, `--points 1000000` for 1 M);
 5. the history fetch from Redis and bulk ingestion;
 and, with `--triton-variants 1x2,2x1`, Triton alone under other instance x thread counts.
@@ -12,6 +13,7 @@ Writes `bench.json` and `bench.md` (and the gateway's collapsed stacks) into `--
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import platform
@@ -91,10 +93,9 @@ def _load_average() -> str:
 
 
 async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: str, info: ModelInfo, images: ImageSet,
-                   work: Path, roles: dict[int, str]
-                   ) -> tuple[list[serving.Comparison], dict[str, float], profiling.Profile]:
-    """Layers 2 and 3 in alternating rounds under each core placement, then py-spy on the gateway at the
-    highest concurrency (on every core)."""
+                   work: Path, roles: dict[int, str]) -> tuple[list[serving.Comparison], profiling.Profile]:
+    """Layers 2 and 3 in alternating rounds under each core placement (at concurrency 1 also a bare health check
+    of the gateway), then py-spy on the gateway at the highest concurrency (on every core)."""
     concurrencies = sorted({1, args.concurrency})
     triton_pid = next(pid for pid, role in roles.items() if role == "Triton")
     core_placements = placements()
@@ -103,24 +104,26 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
         roles = {**roles, gateway.pid: "gateway"}
         triton_load = serving.TritonLoad(triton.grpc_url, info, images)
         gateway_load = serving.GatewayLoad(gateway.address, images, args.users)
+        stages = functools.partial(_fetch, gateway.metrics_url)
         try:
             await gateway_load.record_views([vectors.product_id(i) for i in range(args.points)], VIEWS_PER_USER)
-            before = serving.stage_seconds(_fetch(gateway.metrics_url))
             runs = []
             for round_ in range(args.rounds):
                 for placement in core_placements:  # the last one shares every core, as the steps after expect
                     place(placement, triton_pid)
                     for concurrency in concurrencies:
-                        layers = [("triton", triton_load.send), ("gateway", gateway_load.send)]
-                        for layer, send in layers if round_ % 2 == 0 else reversed(layers):
+                        layers = [(serving.TRITON, triton_load.send, None),
+                                  (serving.GATEWAY, gateway_load.send, stages)]
+                        if concurrency == 1:
+                            layers.append((serving.ROUND_TRIP, gateway_load.check_health, None))
+                        for layer, send, metrics in layers if round_ % 2 == 0 else reversed(layers):
                             measured = await serving.measured(layer, placement.name, round_, send, concurrency,
-                                                              args.duration, roles)
-                            log.info("round %d, %s cores, %s at concurrency %d: %.1f requests/s, p50 %.0f ms, "
+                                                              args.duration, roles, metrics)
+                            log.info("round %d, %s cores, %s at concurrency %d: %.1f requests/s, p50 %.1f ms, "
                                      "%d failed", round_, placement.name, layer, concurrency,
                                      measured.load.throughput_per_s, measured.load.latency.p50_ms,
                                      measured.load.errors)
                             runs.append(measured)
-            stage_ms = serving.stage_means_ms(before, serving.stage_seconds(_fetch(gateway.metrics_url)))
             stacks = args.out / "bench-gateway-stacks.txt"
             spy = await profiling.record(gateway.pid, args.profile_seconds, stacks)
             await closed_loop(gateway_load.send, args.concurrency, args.profile_seconds, serving.FAILURES)
@@ -130,7 +133,7 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
             await gateway_load.close()
     comparisons = [serving.compare(runs, placement.name, concurrency)
                    for placement in core_placements for concurrency in concurrencies]
-    return comparisons, stage_ms, profile
+    return comparisons, profile
 
 
 def _fetch(url: str) -> str:
@@ -161,7 +164,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
         log.info("5. history fetch")
         history = await storage.bench_history(redis.url, args.history_fetches, settings)
         log.info("2-3. Triton alone and the gateway, concurrency 1 and %d", args.concurrency)
-        comparisons, stage_ms, profile = await _serving(args, triton, redis.url, info, images, work, roles)
+        comparisons, profile = await _serving(args, triton, redis.url, info, images, work, roles)
         variant_results = []
         if args.triton_variants:
             log.info("Triton variants %s", ", ".join(map(str, args.triton_variants)))
@@ -184,7 +187,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
         "ingestion batch size": settings.ingest_batch_size,
         "image size": IMAGE_SIZE,
     }
-    return report.BenchReport(machine, serving_settings, model_report, comparisons, stage_ms, profile, vector_report,
+    return report.BenchReport(machine, serving_settings, model_report, comparisons, profile, vector_report,
                               history, ingestion, variant_results)
 
 

@@ -38,7 +38,6 @@ class BenchReport:
     settings: dict[str, Any]
     model: ModelReport
     serving: list[Comparison]
-    gateway_stage_ms: dict[str, float]
     profile: Profile
     vectors: VectorReport
     history: Latency
@@ -118,8 +117,12 @@ def _serving_section(report: BenchReport) -> list[str]:
     failures = [f"First failure of {s.layer} at concurrency {s.concurrency}, {placement} cores: {s.first_error}"
                 for placement, s in summaries if s.errors]
     ratios = [[c.placement, str(c.concurrency), f"{c.throughput_ratio:.3f}", _f(c.added_p50_ms),
+               "" if c.round_trip_p50_ms is None else _f(c.round_trip_p50_ms),
                ", ".join(f"{ratio:.3f}" for ratio in c.ratio_by_round)] for c in report.serving]
-    stages = ", ".join(f"{stage} {_f(ms, 2)}" for stage, ms in report.gateway_stage_ms.items())
+    stage_names = list(dict.fromkeys(stage for c in report.serving for stage in c.gateway.stage_ms))
+    stages = [[c.placement, str(c.concurrency),
+               *(_f(c.gateway.stage_ms[stage], 2) if stage in c.gateway.stage_ms else "" for stage in stage_names)]
+              for c in report.serving]
     return [
         "## 2-3. Triton alone and the gateway end to end", "",
         ("Closed loop, one image per request; Triton alone gets the tensor the gateway would send, the gateway "
@@ -130,9 +133,16 @@ def _serving_section(report: BenchReport) -> list[str]:
         *_table(["cores", "layer", "concurrency", "requests/s", "p50 ms", "p95 ms", "p99 ms", "answered", "failed",
                  "CPU ms/request"], rows),
         *failures, *([""] if failures else []),
-        *_table(["cores", "concurrency", "gateway ÷ Triton throughput", "gateway − Triton p50 ms", "ratio by round"],
-                ratios),
-        f"Gateway stage means (ms, from its Prometheus histograms over these runs): {stages}.", "",
+        *_table(["cores", "concurrency", "gateway ÷ Triton throughput", "gateway − Triton p50 ms",
+                 "gateway health check p50 ms", "ratio by round"], ratios),
+        ("The health check is a standard gRPC call to the gateway over the load client's channel that does no "
+         "work, sent back to back: a lower bound on what any call to the gateway's Python gRPC server costs here "
+         "(a call that follows idle time, as a Recommend does while Triton computes, wakes sleeping threads and "
+         "costs more). "
+         "The gateway's stage means (ms, from its Prometheus histograms, medians over rounds) show where the "
+         "rest goes; `search` averages the taste search (run while Triton embeds), the visual search and the "
+         "similarity batch, the last two after the embedding:"), "",
+        *_table(["cores", "concurrency", *stage_names], stages),
     ]
 
 

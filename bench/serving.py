@@ -61,6 +61,7 @@ class GatewayLoad:
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         self._channel = grpc.aio.insecure_channel(address, options=options)
         self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._png = images.png
         self._users = users
 
@@ -79,6 +80,10 @@ class GatewayLoad:
     async def send(self, index: int) -> None:
         await self._stub.Recommend(pb.RecommendRequest(image=self._png[index % len(self._png)], limit=10,
                                                        user_id=self.user(index % self._users)), timeout=TIMEOUT_S)
+
+    async def check_health(self, index: int) -> None:
+        """A standard health check over the same channel: the cost of any call to the gateway, with no work."""
+        await self._health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -156,27 +161,34 @@ def stage_means_ms(before: Mapping[str, tuple[float, float]], after: Mapping[str
     return means
 
 
+TRITON, GATEWAY, ROUND_TRIP = "triton", "gateway", "gateway health check"
+
+
 @dataclass(frozen=True)
 class ServingRun:
-    """One closed-loop run of one layer under one core placement, and the CPU milliseconds each process
-    spent per request."""
+    """One closed-loop run of one layer under one core placement, the CPU milliseconds each process spent per
+    request, and (for the gateway) its stage means in milliseconds."""
 
     layer: str
     placement: str
     round: int
     load: LoadResult
     cpu_ms_per_request: dict[str, float]
+    stage_ms: dict[str, float]
 
 
 async def measured(layer: str, placement: str, round_: int, send: Callable[[int], Awaitable[object]],
-                   concurrency: int, duration_s: float, roles: Mapping[int, str]) -> ServingRun:
-    """A closed-loop run of `send`, after a warm-up, with the CPU each role spent during it."""
+                   concurrency: int, duration_s: float, roles: Mapping[int, str],
+                   stages: Callable[[], str] | None = None) -> ServingRun:
+    """A closed-loop run of `send`, after a warm-up, with the CPU each role spent during it and, given
+    `stages` (the gateway's metrics text), the gateway's stage means during it."""
     await warm_up(send, concurrency, WARMUP_ROUNDS)
-    before = cpu_seconds_by_role(roles)
+    before, stages_before = cpu_seconds_by_role(roles), stage_seconds(stages()) if stages else {}
     load = await closed_loop(send, concurrency, duration_s, FAILURES)
     after = cpu_seconds_by_role(roles)
+    stage_ms = stage_means_ms(stages_before, stage_seconds(stages())) if stages else {}
     cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}
-    return ServingRun(layer, placement, round_, load, cpu)
+    return ServingRun(layer, placement, round_, load, cpu, stage_ms)
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,13 @@ class LayerSummary:
     errors: int
     first_error: str
     cpu_ms_per_request: dict[str, float]
+    stage_ms: dict[str, float]
+
+
+def _medians(values: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per key, the median of the values that have it."""
+    keys = dict.fromkeys(key for mapping in values for key in mapping)
+    return {key: statistics.median(mapping[key] for mapping in values if key in mapping) for key in keys}
 
 
 def summarize_layer(runs: Sequence[ServingRun]) -> LayerSummary:
@@ -206,13 +225,15 @@ def summarize_layer(runs: Sequence[ServingRun]) -> LayerSummary:
         sum(run.load.requests for run in runs),
         sum(run.load.errors for run in runs),
         next((run.load.first_error for run in runs if run.load.errors), ""),
-        {role: statistics.median(run.cpu_ms_per_request.get(role, 0.0) for run in runs) for role in roles})
+        {role: statistics.median(run.cpu_ms_per_request.get(role, 0.0) for run in runs) for role in roles},
+        _medians([run.stage_ms for run in runs]))
 
 
 @dataclass(frozen=True)
 class Comparison:
     """Gateway against Triton alone at one concurrency and core placement, from runs that alternated round by
-    round."""
+    round; at low load also the p50 of a bare call to the gateway (its health check), the floor under the
+    latency it adds."""
 
     placement: str
     concurrency: int
@@ -221,14 +242,16 @@ class Comparison:
     throughput_ratio: float
     added_p50_ms: float
     ratio_by_round: list[float]
+    round_trip_p50_ms: float | None
 
 
 def compare(runs: Sequence[ServingRun], placement: str, concurrency: int) -> Comparison:
     """Ratios are taken within each round (same machine state), then the median over rounds."""
     at = [run for run in runs if run.load.concurrency == concurrency and run.placement == placement]
-    triton = sorted((run for run in at if run.layer == "triton"), key=lambda run: run.round)
-    gateway = sorted((run for run in at if run.layer == "gateway"), key=lambda run: run.round)
+    triton, gateway, round_trips = (sorted((run for run in at if run.layer == layer), key=lambda run: run.round)
+                                    for layer in (TRITON, GATEWAY, ROUND_TRIP))
     ratios = [g.load.throughput_per_s / t.load.throughput_per_s for t, g in zip(triton, gateway)]
     added = [g.load.latency.p50_ms - t.load.latency.p50_ms for t, g in zip(triton, gateway)]
+    round_trip = statistics.median(run.load.latency.p50_ms for run in round_trips) if round_trips else None
     return Comparison(placement, concurrency, summarize_layer(triton), summarize_layer(gateway),
-                      statistics.median(ratios), statistics.median(added), ratios)
+                      statistics.median(ratios), statistics.median(added), ratios, round_trip)

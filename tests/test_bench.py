@@ -166,6 +166,9 @@ def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path)
         (placement.name, concurrency) for placement in placements() for concurrency in (1, 2)]
     for comparison in document["serving"]:
         assert comparison["triton"]["requests"] > 0 and comparison["gateway"]["requests"] > 0
+        assert comparison["gateway"]["stage_ms"]["embed"] > 0 and not comparison["triton"]["stage_ms"]
+        assert (comparison["round_trip_p50_ms"] > 0) if comparison["concurrency"] == 1 else \
+            comparison["round_trip_p50_ms"] is None
     assert document["vectors"]["points"] == 300 and 0 <= document["vectors"]["recall_at_10"] <= 1
     assert document["history"]["samples"] == 50 and document["ingestion"]["images"] == 16
     assert len(document["targets"]) == 7 and all("met" in target for target in document["targets"])
