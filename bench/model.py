@@ -115,8 +115,19 @@ def _op_group(name: str, shapes: list[list[int]]) -> str:
             "aten::add": "residual add"}.get(name, "other")
 
 
+def _useful_flops(name: str, shapes: list[list[int]], flops: float) -> float:
+    """The FLOPs of an operator without the zero taps of a widened kernel: an even-sized convolution kernel is
+    an odd one with a leading row and column of zeros (asymmetric SAME padding, see WidenedConv2d)."""
+    if name != "aten::conv2d" or len(shapes) < 2 or len(shapes[1]) != 4:
+        return flops
+    height, width = shapes[1][2:]
+    if height % 2 or width % 2:
+        return flops
+    return flops * (height - 1) * (width - 1) / (height * width)
+
+
 def op_breakdown(module: torch.jit.ScriptModule, batch: torch.Tensor) -> tuple[float, list[OpShare]]:
-    """FLOPs per image, and the time and FLOPs of forward passes grouped by kind of operator."""
+    """Useful FLOPs per image, and the time and FLOPs of forward passes grouped by kind of operator."""
     with torch.inference_mode():
         module(batch)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as profiled:
@@ -130,7 +141,8 @@ def op_breakdown(module: torch.jit.ScriptModule, batch: torch.Tensor) -> tuple[f
     for event in top_level:
         group = _op_group(event.name, event.input_shapes)
         time_us[group] = time_us.get(group, 0.0) + event.cpu_time_total
-        flops[group] = flops.get(group, 0.0) + sum(child.flops for child in [event, *event.cpu_children])
+        counted = sum(child.flops for child in [event, *event.cpu_children])
+        flops[group] = flops.get(group, 0.0) + _useful_flops(event.name, event.input_shapes, counted)
     total_time, total_flops = sum(time_us.values()), sum(flops.values())
     shares = [OpShare(group, time_us[group] / total_time, flops[group] / total_flops,
                       flops[group] / time_us[group] / 1e3 if time_us[group] else 0.0)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench.model import read_model_config, served_version
+from bench.model import op_breakdown, read_model_config, served_version
 from bench.processes import place, placements
 from bench.profiling import summarize_stacks
 from bench.serving import stage_means_ms, stage_seconds
@@ -20,6 +21,7 @@ from bench.vectors import K, _merge_top
 from bench.workload import catalog_chunks, perturbed_embeddings
 from gateway.domain import ModelInfo
 from gateway.metrics import Metrics
+from model_export.efficientnet_lite import same_conv2d
 from model_export.triton_config import ALLOCATOR_ENV, local_config, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +90,16 @@ def test_stacks_are_charged_to_the_first_matching_group() -> None:
         ("catalog search and lookup (Qdrant engine)", 0.6), ("image decode", 0.3),
         ("event loop and thread hand-offs", 0.1)]
     assert hottest[0].name == "_search (gateway/catalog/edge.py:3)"
+
+
+@pytest.mark.parametrize(("kernel", "size", "stride"), [(3, 8, 2), (5, 8, 2), (3, 8, 1)])
+def test_model_flops_leave_out_the_zero_taps_of_widened_kernels(kernel: int, size: int, stride: int) -> None:
+    """Asymmetric SAME padding runs as a kernel one larger with zeros in front; it is the same arithmetic."""
+    conv = torch.jit.freeze(torch.jit.script(same_conv2d(4, 6, kernel, size, stride=stride).eval()))
+    output_side = -(-size // stride)
+    multiply_adds = 6 * output_side ** 2 * 4 * kernel ** 2
+    flops_per_image, _ = op_breakdown(conv, torch.randn(2, 4, size, size))
+    assert flops_per_image == pytest.approx(2 * multiply_adds)
 
 
 def test_stage_means_come_from_the_gateways_histogram_deltas() -> None:
