@@ -104,7 +104,7 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
         roles = {**roles, gateway.pid: "gateway"}
         triton_load = serving.TritonLoad(triton.grpc_url, info, images)
         gateway_load = serving.GatewayLoad(gateway.address, images, args.users)
-        stages = functools.partial(_fetch, gateway.metrics_url)
+        gateway_metrics = functools.partial(_fetch, gateway.metrics_url)
         try:
             await gateway_load.record_views([vectors.product_id(i) for i in range(args.points)], VIEWS_PER_USER)
             runs = []
@@ -113,7 +113,7 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
                     place(placement, triton_pid)
                     for concurrency in concurrencies:
                         layers = [(serving.TRITON, triton_load.send, None),
-                                  (serving.GATEWAY, gateway_load.send, stages)]
+                                  (serving.GATEWAY, gateway_load.send, gateway_metrics)]
                         if concurrency == 1:
                             layers.append((serving.ROUND_TRIP, gateway_load.check_health, None))
                         for layer, send, metrics in layers if round_ % 2 == 0 else reversed(layers):

@@ -179,14 +179,15 @@ class ServingRun:
 
 async def measured(layer: str, placement: str, round_: int, send: Callable[[int], Awaitable[object]],
                    concurrency: int, duration_s: float, roles: Mapping[int, str],
-                   stages: Callable[[], str] | None = None) -> ServingRun:
+                   gateway_metrics: Callable[[], str] | None = None) -> ServingRun:
     """A closed-loop run of `send`, after a warm-up, with the CPU each role spent during it and, given
-    `stages` (the gateway's metrics text), the gateway's stage means during it."""
+    `gateway_metrics` (which fetches the gateway's metrics text), the gateway's stage means during it."""
     await warm_up(send, concurrency, WARMUP_ROUNDS)
-    before, stages_before = cpu_seconds_by_role(roles), stage_seconds(stages()) if stages else {}
+    stages_before = stage_seconds(gateway_metrics()) if gateway_metrics else {}
+    before = cpu_seconds_by_role(roles)
     load = await closed_loop(send, concurrency, duration_s, FAILURES)
     after = cpu_seconds_by_role(roles)
-    stage_ms = stage_means_ms(stages_before, stage_seconds(stages())) if stages else {}
+    stage_ms = stage_means_ms(stages_before, stage_seconds(gateway_metrics())) if gateway_metrics else {}
     cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}
     return ServingRun(layer, placement, round_, load, cpu, stage_ms)
 
