@@ -124,18 +124,18 @@ class Pipeline:
         pool = max(limit * self._settings.oversample, self._settings.min_candidates)
         by_product = query.image is None and query.product_id is not None
         queried = {check_id("product_id", query.product_id)} if by_product else set()
-        taste_task: asyncio.Task[_Shopper] | None = None
+        shopper_task: asyncio.Task[_Shopper] | None = None
 
-        def start_taste() -> None:
-            nonlocal taste_task
+        def start_shopper() -> None:
+            nonlocal shopper_task
             if query.user_id:
-                taste_task = asyncio.create_task(self._shopper(query.user_id, pool, query.categories, queried))
+                shopper_task = asyncio.create_task(self._shopper(query.user_id, pool, query.categories, queried))
         try:
-            vector = await self._query_vector(query, start_taste)
-            shopper = await taste_task if taste_task else _ANONYMOUS
+            vector = await self._query_vector(query, start_shopper)
+            shopper = await shopper_task if shopper_task else _ANONYMOUS
         finally:
-            if taste_task:
-                taste_task.cancel()  # no effect once it is done
+            if shopper_task:
+                shopper_task.cancel()  # no effect once it is done
         if vector is None:
             if shopper.degraded:
                 raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
@@ -167,13 +167,13 @@ class Pipeline:
             raise InvalidArgument(f"limit is {requested}; the maximum is {self._settings.max_limit}")
         return requested
 
-    async def _query_vector(self, query: RecommendQuery, start_taste: Callable[[], None]) -> np.ndarray | None:
-        """The query's vector; `start_taste` is called once, as soon as the query's own CPU work is done (after the
+    async def _query_vector(self, query: RecommendQuery, start_shopper: Callable[[], None]) -> np.ndarray | None:
+        """The query's vector; `start_shopper` is called once, as soon as the query's own CPU work is done (after the
         image decode), so that the shopper's history is read while Triton embeds without slowing the decode: the
         embedded catalog holds the GIL while it searches."""
         if query.image is not None:
-            return await self.embed_image(query.image, start_taste)
-        start_taste()
+            return await self.embed_image(query.image, start_shopper)
+        start_shopper()
         if query.product_id is not None:
             return (await self._product(query.product_id)).vector
         return None
