@@ -8,15 +8,12 @@ export PYTHONPATH := $(CURDIR)
 MODEL_NAME ?= product_embedder
 BACKBONE ?= efficientnet_lite0
 MODEL_PT := model_repository/$(MODEL_NAME)/1/model.pt
-PROTO := protos/recsys/v1/recsys.proto
-STUBS_DIR := gateway/api
-STUBS := $(STUBS_DIR)/recsys/v1/recsys_pb2.py
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data protos check-protos model test run index demo clean
+.PHONY: setup data protos check-protos lint model test run index demo clean
 
-## setup: pinned virtual environment, generated gRPC stubs, Fashion-MNIST data (idempotent)
-setup: $(VENV)/.installed $(STUBS) data
+## setup: pinned virtual environment and Fashion-MNIST data (idempotent)
+setup: $(VENV)/.installed data
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,15 +34,18 @@ data:
 		exit 1; \
 	fi
 
-## protos: Python stubs (with .pyi) from protos/, by the pinned grpcio-tools
-protos: $(STUBS)
+## protos: regenerate the committed Python stubs (recsys_api/, with .pyi) from protos/ with the pinned grpcio-tools
+protos: $(VENV)/.installed
+	$(PY) -m tools.protos
 
-$(STUBS): $(PROTO) $(VENV)/.installed stack/protos.py
-	$(PY) -m stack.protos --out $(STUBS_DIR)
+## check-protos: fails when the stubs differ from what protos/ gives, or when buf lint (protos/buf.yaml) finds a fault
+check-protos: $(VENV)/.installed
+	$(PY) -m tools.protos --check
 
-## check-protos: fails when the generated stubs differ from what the proto and generator produce
-check-protos: $(STUBS)
-	$(PY) -m stack.protos --out $(STUBS_DIR) --check
+## lint: ruff and mypy (configured in pyproject.toml) on the whole tree, and check-protos
+lint: check-protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## model: export the TorchScript embedding model and its Triton config into model_repository/
 model: $(MODEL_PT)
@@ -57,21 +57,22 @@ $(MODEL_PT): $(VENV)/.installed $(wildcard model_export/*.py)
 test: setup model
 	$(PY) -m pytest -q -ra tests
 
-## run: set up, build the model, start tritonserver + redis-server + the gateway, index the demo catalog, serve
+## run: set up, build the model, start tritonserver + redis-server, index the demo catalog, then serve the gateway
+## (python -m gateway) and the web page until Ctrl-C
 run: setup model
-	$(PY) -m stack.run serve
+	$(PY) -m stack.run
 
 ## index: ingest Fashion-MNIST (or SOURCE=folder CSV=products.csv) into the catalog; resumable; RECREATE=1 starts over
 SOURCE ?= fashion-mnist
 index: setup model
-	$(PY) -m stack.run index $(SOURCE) $(if $(CSV),--csv $(CSV)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(RECREATE),--recreate)
+	$(PY) -m ops.index $(SOURCE) $(if $(CSV),--csv $(CSV)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(RECREATE),--recreate)
 
-## demo: send a sample image to the running gateway and print the recommendations
-demo: $(STUBS)
-	$(PY) -m stack.demo
+## demo: send a sample image to the running gateway through recsys_client and print the recommendations
+demo: $(VENV)/.installed
+	$(PY) -m stack.demo $(if $(TOKEN),--token $(TOKEN))
 
 clean:
-	rm -rf $(STUBS_DIR) model_repository/*/[0-9]* model_repository/*/config.pbtxt .pytest_cache
+	rm -rf model_repository/*/[0-9]* model_repository/*/config.pbtxt .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: finetune eval rollout rollback
 
@@ -86,12 +87,12 @@ eval: setup model
 
 ## rollout: embed the catalog with model VERSION (default: the newest) next to the serving one, then switch to it
 rollout: setup model
-	$(PY) -m stack.rollout out $(SOURCE) $(if $(VERSION),--version $(VERSION)) $(if $(CSV),--csv $(CSV)) \
+	$(PY) -m ops.rollout out $(SOURCE) $(if $(VERSION),--version $(VERSION)) $(if $(CSV),--csv $(CSV)) \
 		$(if $(LIMIT),--limit $(LIMIT)) $(if $(RECREATE),--recreate)
 
 ## rollback: switch the catalog back to the previous model version's collection (or VERSION=N)
 rollback: setup
-	$(PY) -m stack.rollout back $(if $(VERSION),--version $(VERSION))
+	$(PY) -m ops.rollout back $(if $(VERSION),--version $(VERSION))
 
 ## bench: every layer (model, Triton, gateway, Qdrant, Redis, ingestion) measured in one run on the same images,
 ## written to reports/bench.json and reports/bench.md; BENCH_ARGS="--points 1000000" searches 1 M vectors,
@@ -103,7 +104,7 @@ bench: setup model
 ## webui: the web page (http://127.0.0.1:8080 unless WEBUI_HOST/WEBUI_PORT say otherwise) against a running gateway
 GATEWAY ?= localhost:50051
 .PHONY: webui
-webui: $(STUBS)
+webui: $(VENV)/.installed
 	$(PY) -m webui --gateway $(GATEWAY)
 
 ## load: a k6 profile against a running gateway (`make run`): PROFILE=smoke|steady|ramp|spike, RATE (req/s), DURATION
@@ -120,11 +121,11 @@ load: $(VENV)/.installed
 ## soak: the stack at ~70 % of its measured capacity for SOAK_SECONDS (default 1800); report in reports/
 SOAK_SECONDS ?= 1800
 soak: setup model
-	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m stack.soak
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m ops.soak
 
 ## overload: the stack offered 3x its measured capacity of image queries; report in reports/
 overload: setup model
-	$(PY) -m stack.overload
+	$(PY) -m ops.overload
 
 ## fuzz: image decoding and request parsing fuzzed for FUZZ_SECONDS each (default 300)
 FUZZ_SECONDS ?= 300

@@ -29,11 +29,11 @@ import torch
 
 from bench import model, profiling, report, serving, storage, variants, vectors
 from bench.processes import child_pid, place, placements
-from bench.stats import closed_loop
 from bench.workload import ImageSet, load_images
+from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import ModelInfo
-from gateway.embedder import TritonEmbedder
+from harness.load import closed_loop
 from model_export.triton_config import ALLOCATOR_ENV, IMAGE_SIZE
 from stack.redis import RedisServer
 from stack.triton import TritonServer
@@ -99,8 +99,8 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
     concurrencies = sorted({1, args.concurrency})
     triton_pid = next(pid for pid, role in roles.items() if role == "Triton")
     core_placements = placements()
-    with serving.gateway_process(triton.grpc_url, info.version, redis_url, work,
-                                 args.out / "bench-gateway.log") as gateway:
+    async with serving.gateway_process(triton.grpc_url, info.version, redis_url, work,
+                                       args.out / "bench-gateway.log") as gateway:
         roles = {**roles, gateway.pid: "gateway"}
         triton_load = serving.TritonLoad(triton.grpc_url, info, images)
         gateway_load = serving.GatewayLoad(gateway.address, images, args.users)
@@ -126,7 +126,7 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
                             runs.append(measured)
             stacks = args.out / "bench-gateway-stacks.txt"
             spy = await profiling.record(gateway.pid, args.profile_seconds, stacks)
-            await closed_loop(gateway_load.send, args.concurrency, args.profile_seconds, serving.FAILURES)
+            await closed_loop(gateway_load.send, args.concurrency, args.profile_seconds)
             profile = await profiling.finish(spy, stacks, args.profile_seconds)
         finally:
             await triton_load.close()
@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
     machine = {"command": "python -m bench " + shlex.join(sys.argv[1:]), "cpu": _cpu_name(), "cores": os.cpu_count(),
                "started": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": _load_average(),
                "python": platform.python_version(), "torch": torch.__version__}
-    settings = Settings()
+    settings = Settings.from_env()
     config = model.read_model_config(args.repository / settings.model_name / "config.pbtxt")
     threads = model.serving_threads(config)
     version = model.served_version(args.repository / settings.model_name, args.model_version)
@@ -156,13 +156,15 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
     args.out.mkdir(parents=True, exist_ok=True)
     with TritonServer(args.repository, work_dir=work / "triton") as triton, RedisServer(work / "redis") as redis:
         roles = {child_pid("tritonserver"): "Triton", child_pid("redis-server"): "Redis"}
-        async with await TritonEmbedder.connect(triton.grpc_url, settings.model_name, version) as embedder:
+        components = Components(settings.model_copy(update={"triton_url": triton.grpc_url, "redis_url": redis.url,
+                                                            "data_dir": work}))
+        async with await components.embedder(version) as embedder:
             info = embedder.info
         log.info("4. vector search over %d points", args.points)
-        vector_report = await vectors.bench_vectors(work / "qdrant", info, embeddings, images.categories,
-                                                    args.points, args.queries, args.exact_queries, settings)
+        vector_report = await vectors.bench_vectors(components, info, embeddings, images.categories, args.points,
+                                                    args.queries, args.exact_queries)
         log.info("5. history fetch")
-        history = await storage.bench_history(redis.url, args.history_fetches, settings)
+        history = await storage.bench_history(components, args.history_fetches)
         log.info("2-3. Triton alone and the gateway, concurrency 1 and %d", args.concurrency)
         comparisons, profile = await _serving(args, triton, redis.url, info, images, work, roles)
         variant_results = []
@@ -172,8 +174,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
                 args.repository, info, args.triton_variants, images, sorted({1, args.concurrency}), args.duration,
                 args.rounds, work)
         log.info("5. bulk ingestion of %d images", args.ingest_images)
-        ingestion = await storage.bench_ingestion(triton.grpc_url, version, work / "ingest", images,
-                                                  args.ingest_images, settings)
+        ingestion = await storage.bench_ingestion(components, version, images, args.ingest_images)
     machine["load_after"] = _load_average()
     serving_settings = {
         "model version": version,

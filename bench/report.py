@@ -10,10 +10,10 @@ from typing import Any
 from bench.model import ModelReport
 from bench.profiling import Profile
 from bench.serving import Comparison, LayerSummary
-from bench.stats import Latency
 from bench.storage import IngestReport
 from bench.variants import VariantResult
 from bench.vectors import VectorReport
+from harness.load import Latency
 
 TARGET_POINTS = 1_000_000
 
@@ -188,7 +188,8 @@ def _vector_section(vectors: VectorReport) -> list[str]:
             ["index build (optimize)", f"{_f(vectors.index_build_s)} s"],
             ["top-10 search (catalog adapter, as the gateway calls it)", _percentiles(vectors.search)],
             ["recall@10 against exact (numpy)", f"{vectors.recall_at_10:.3f}"],
-            [f"top-{vectors.pool_size} search (the gateway's candidate pool, adapter)", _percentiles(vectors.pool_search)],
+            [f"top-{vectors.pool_size} search (the gateway's candidate pool, adapter)",
+             _percentiles(vectors.pool_search)],
             ["top-10 search in the engine alone (results not turned into Python objects)",
              _percentiles(vectors.engine_search)],
             ["exact top-10 search", _percentiles(vectors.exact_search)],
@@ -205,7 +206,8 @@ def _storage_section(history: Latency, ingestion: IngestReport) -> list[str]:
             ["history fetch (50 views) p50 / p99",
              f"{history.p50_ms * 1000:,.0f} / {history.p99_ms * 1000:,.0f} µs ({history.samples} fetches)"],
             ["bulk ingestion",
-             f"{_f(ingestion.images_per_s)} images/s ({ingestion.images} PNG images in batches of {ingestion.batch_size})"],
+             f"{_f(ingestion.images_per_s)} images/s "
+             f"({ingestion.images} PNG images in batches of {ingestion.batch_size})"],
         ]),
     ]
 

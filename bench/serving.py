@@ -2,12 +2,9 @@
 
 import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,22 +14,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
-from tritonclient.utils import InferenceServerException
 
 from bench.processes import cpu_seconds_by_role
-from bench.stats import LoadResult, closed_loop, warm_up
 from bench.workload import ImageSet
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.domain import ModelInfo
+from harness.gateway import spawned
+from harness.load import LoadResult, Outcome, Send, measure, timed, warm_up
 from model_export.triton_config import INPUT_NAME, OUTPUT_NAME
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 TIMEOUT_S = 30.0
 STAGE_METRIC = "recsys_stage_duration_seconds"
 WARMUP_ROUNDS = 2  # the first calls of a batch shape are slow (TorchScript specialises the graph)
-FAILURES = (grpc.aio.AioRpcError, InferenceServerException)
+TRITON, GATEWAY, ROUND_TRIP = "triton", "gateway", "gateway health check"
 
 
 class TritonLoad:
@@ -44,11 +41,11 @@ class TritonLoad:
         self._model = model
         self._pixels = images.pixels
 
-    async def send(self, index: int) -> None:
+    def send(self, index: int) -> Awaitable[Outcome]:
         request = InferInput(INPUT_NAME, [1, *self._pixels.shape[1:]], "UINT8")
         request.set_data_from_numpy(self._pixels[index % len(self._pixels)][np.newaxis])
-        await self._client.infer(self._model.name, [request], model_version=self._model.version,
-                                 outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=TIMEOUT_S)
+        return timed(TRITON, self._client.infer(self._model.name, [request], model_version=self._model.version,
+                                                outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=TIMEOUT_S))
 
     async def close(self) -> None:
         await self._client.close()
@@ -77,13 +74,14 @@ class GatewayLoad:
                 await self._stub.RecordView(pb.RecordViewRequest(user_id=self.user(user), product_id=product_id),
                                             timeout=TIMEOUT_S)
 
-    async def send(self, index: int) -> None:
-        await self._stub.Recommend(pb.RecommendRequest(image=self._png[index % len(self._png)], limit=10,
-                                                       user_id=self.user(index % self._users)), timeout=TIMEOUT_S)
+    def send(self, index: int) -> Awaitable[Outcome]:
+        return timed(GATEWAY, self._stub.Recommend(pb.RecommendRequest(
+            image=self._png[index % len(self._png)], limit=10, user_id=self.user(index % self._users)),
+            timeout=TIMEOUT_S))
 
-    async def check_health(self, index: int) -> None:
+    def check_health(self, index: int) -> Awaitable[Outcome]:
         """A standard health check over the same channel: the cost of any call to the gateway, with no work."""
-        await self._health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+        return timed(ROUND_TRIP, self._health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S))
 
     async def close(self) -> None:
         await self._channel.close()
@@ -96,43 +94,16 @@ class GatewayProcess:
     metrics_url: str
 
 
-def _wait_serving(process: subprocess.Popen[bytes], address: str, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {process.returncode}; see {log_path}")
-            with contextlib.suppress(grpc.RpcError):
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.2)
-    raise RuntimeError(f"the gateway was not SERVING after {timeout_s:.0f} s; see {log_path}")
-
-
-@contextlib.contextmanager
-def gateway_process(triton_url: str, model_version: str, redis_url: str, data_dir: Path, log_path: Path,
-                    timeout_s: float = 120.0) -> Iterator[GatewayProcess]:
-    """The gateway as `make run` starts it (`python -m stack.run serve`), in its own process, on free ports, serving
+@contextlib.asynccontextmanager
+async def gateway_process(triton_url: str, model_version: str, redis_url: str, data_dir: Path, log_path: Path,
+                          timeout_s: float = 120.0) -> AsyncIterator[GatewayProcess]:
+    """The gateway as it is deployed (`python -m gateway`), in its own process, on free ports, serving
     `model_version` of the model."""
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "TRITON_URL": triton_url, "MODEL_VERSION": model_version, "REDIS_URL": redis_url,
-           "DATA_DIR": str(data_dir), "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port),
-           "DEMO_CATALOG_SIZE": "0"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "stack.run", "serve"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    try:
-        _wait_serving(process, f"127.0.0.1:{port}", log_path, timeout_s)
+           "DATA_DIR": str(data_dir), "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port)}
+    async with spawned([sys.executable, "-m", "gateway"], f"127.0.0.1:{port}", env, log_path, timeout_s) as process:
         yield GatewayProcess(process.pid, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def stage_seconds(metrics_text: str) -> dict[str, tuple[float, float]]:
@@ -161,9 +132,6 @@ def stage_means_ms(before: Mapping[str, tuple[float, float]], after: Mapping[str
     return means
 
 
-TRITON, GATEWAY, ROUND_TRIP = "triton", "gateway", "gateway health check"
-
-
 @dataclass(frozen=True)
 class ServingRun:
     """One closed-loop run of one layer under one core placement, the CPU milliseconds each process spent per
@@ -177,15 +145,14 @@ class ServingRun:
     stage_ms: dict[str, float]
 
 
-async def measured(layer: str, placement: str, round_: int, send: Callable[[int], Awaitable[object]],
-                   concurrency: int, duration_s: float, roles: Mapping[int, str],
-                   gateway_metrics: Callable[[], str] | None = None) -> ServingRun:
+async def measured(layer: str, placement: str, round_: int, send: Send, concurrency: int, duration_s: float,
+                   roles: Mapping[int, str], gateway_metrics: Callable[[], str] | None = None) -> ServingRun:
     """A closed-loop run of `send`, after a warm-up, with the CPU each role spent during it and, given
     `gateway_metrics` (which fetches the gateway's metrics text), the gateway's stage means during it."""
     await warm_up(send, concurrency, WARMUP_ROUNDS)
     stages_before = stage_seconds(gateway_metrics()) if gateway_metrics else {}
     before = cpu_seconds_by_role(roles)
-    load = await closed_loop(send, concurrency, duration_s, FAILURES)
+    load = await measure(send, concurrency, duration_s)
     after = cpu_seconds_by_role(roles)
     stage_ms = stage_means_ms(stages_before, stage_seconds(gateway_metrics())) if gateway_metrics else {}
     cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}

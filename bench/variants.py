@@ -9,10 +9,10 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from bench.model import read_model_config
-from bench.serving import FAILURES, WARMUP_ROUNDS, TritonLoad
-from bench.stats import LoadResult, closed_loop, warm_up
+from bench.serving import WARMUP_ROUNDS, TritonLoad
 from bench.workload import ImageSet
 from gateway.domain import ModelInfo
+from harness.load import LoadResult, measure, warm_up
 from stack.triton import TritonServer
 
 
@@ -79,7 +79,7 @@ async def compare_variants(repository: Path, model: ModelInfo, variants: Sequenc
                 for concurrency in concurrencies:
                     for variant, load in loads if round_ % 2 == 0 else reversed(loads):
                         await warm_up(load.send, concurrency, WARMUP_ROUNDS)
-                        result = await closed_loop(load.send, concurrency, duration_s, FAILURES)
+                        result = await measure(load.send, concurrency, duration_s)
                         runs.setdefault((variant, concurrency), []).append(result)
         finally:
             for _, load in loads:

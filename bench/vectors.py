@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Query, QueryRequest, SearchParams
 
-from bench.stats import Latency, summarize
 from bench.workload import catalog_chunks, perturbed_embeddings
 from gateway.catalog import EdgeCatalog
 from gateway.catalog.edge import DEFAULT_HNSW_EF
-from gateway.catalog.store import EXACT_SEARCH_MAX_POINTS
-from gateway.config import Settings
+from gateway.catalog.store import EXACT_SEARCH_MAX_POINTS, CatalogStore
+from gateway.composition import QDRANT_SUBDIR, Components
 from gateway.domain import CatalogItem, ModelInfo
+from harness.load import Latency, summarize
 
 COLLECTION = "products"
 UPSERT_CHUNK = 1000
@@ -73,14 +73,14 @@ def _merge_top(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, offset: 
     return np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_indices, top, 1)
 
 
-async def build_catalog(path: Path, model: ModelInfo, seeds: np.ndarray, categories: Sequence[str], points: int,
-                        queries: np.ndarray) -> tuple[float, float, np.ndarray]:
+async def build_catalog(components: Components, model: ModelInfo, seeds: np.ndarray, categories: Sequence[str],
+                        points: int, queries: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Fills a fresh catalog with `points` generated products and builds its index, as `make index` does.
 
     Returns (upsert points/s, index build seconds, exact top-K product indices of each query).
     """
-    shutil.rmtree(path, ignore_errors=True)
-    catalog = EdgeCatalog(path, COLLECTION)
+    shutil.rmtree(components.settings.data_dir / QDRANT_SUBDIR / COLLECTION, ignore_errors=True)
+    catalog = components.catalog_store(COLLECTION)
     best = (np.full((len(queries), 0), -np.inf, dtype=np.float32), np.zeros((len(queries), 0), dtype=np.int64))
     upsert_s = 0.0
     try:
@@ -100,7 +100,7 @@ async def build_catalog(path: Path, model: ModelInfo, seeds: np.ndarray, categor
     return points / upsert_s, index_s, best[1]
 
 
-async def _timed_searches(catalog: EdgeCatalog, queries: np.ndarray, limit: int = K
+async def _timed_searches(catalog: CatalogStore, queries: np.ndarray, limit: int = K
                           ) -> tuple[list[float], list[list[int]]]:
     seconds, found = [], []
     for query in queries:
@@ -130,8 +130,8 @@ def _engine_seconds(shard_dir: Path, dim: int, warm_up: np.ndarray, queries: np.
     return seconds[len(warm_up):]
 
 
-async def bench_vectors(path: Path, model: ModelInfo, seeds: np.ndarray, categories: Sequence[str], points: int,
-                        query_count: int, exact_query_count: int, settings: Settings) -> VectorReport:
+async def bench_vectors(components: Components, model: ModelInfo, seeds: np.ndarray, categories: Sequence[str],
+                        points: int, query_count: int, exact_query_count: int) -> VectorReport:
     """Builds a catalog of `points` perturbed real embeddings, then times searches with the shipped settings
     (HNSW above the exact-search size): top-10 and the gateway's candidate pool through the catalog adapter,
     top-10 in the engine alone, and exact top-10; recall is checked against numpy.
@@ -141,10 +141,12 @@ async def bench_vectors(path: Path, model: ModelInfo, seeds: np.ndarray, categor
     """
     queries, _ = perturbed_embeddings(seeds, query_count, np.random.default_rng([1, points]))
     warm_up, _ = perturbed_embeddings(seeds, query_count, np.random.default_rng([2, points]))
-    upsert_rate, index_s, truth = await build_catalog(path, model, seeds, categories, points, queries)
+    upsert_rate, index_s, truth = await build_catalog(components, model, seeds, categories, points, queries)
+    settings = components.settings
+    path = settings.data_dir / QDRANT_SUBDIR
     pool = max(K * settings.oversample, settings.min_candidates)
     baseline_mib = rss_mib()
-    served = EdgeCatalog(path, COLLECTION)
+    served = components.catalog_store(COLLECTION)
     await served.open(model)
     try:
         await _timed_searches(served, warm_up)
@@ -156,7 +158,7 @@ async def bench_vectors(path: Path, model: ModelInfo, seeds: np.ndarray, categor
     recall = statistics.mean(len(set(hits) & set(expected)) / K for hits, expected in zip(found, truth.tolist()))
     exact_mode = points <= EXACT_SEARCH_MAX_POINTS
     engine_seconds = _engine_seconds(path / COLLECTION, model.dim, warm_up, queries, exact_mode)
-    exact = EdgeCatalog(path, COLLECTION, exact_search_max_points=points)
+    exact = EdgeCatalog(path, COLLECTION, exact_search_max_points=points)  # the engine with a setting of its own
     await exact.open(model)
     try:
         exact_seconds, _ = await _timed_searches(exact, queries[:exact_query_count])

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.fashion_mnist import load_split
+from catalog_sources.fashion_mnist import load_split
 from gateway.images import encode_png, preprocess
 
 # Catalog vectors: a mixture of two real embeddings plus Gaussian noise of this norm (cosine ~0.96 to

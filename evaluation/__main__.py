@@ -8,14 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.config import Settings
-from gateway.fashion_mnist import load_split
-from stack.redis import RedisServer
-from stack.triton import TritonServer
-
+from catalog_sources.fashion_mnist import load_split
 from evaluation.plots import all_figures
 from evaluation.report import write_report
 from evaluation.run import QUICK, EvalConfig, evaluate
+from gateway.config import Settings
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 
 log = logging.getLogger("evaluation")
 

@@ -6,19 +6,18 @@ and after the run, interpolated inside a bucket as PromQL's histogram_quantile d
 latency seen by the clients is measured exactly.
 """
 
-import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.metrics import STAGES
-
 from evaluation.metrics import histogram_quantile
+from gateway.metrics import STAGES
+from harness.load import Outcome, closed_loop, timed
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 QUANTILES = (0.5, 0.9, 0.99)
 STAGE_HISTOGRAM = "recsys_stage_duration_seconds"
@@ -56,29 +55,18 @@ async def load_run(stub: pb_grpc.RecommenderStub, registry: CollectorRegistry, i
                    users: Sequence[str], seconds: float, concurrency: int) -> LoadRun:
     """Sends image queries for ``seconds`` from ``concurrency`` clients; see the module docstring."""
     before = stage_buckets(registry)
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
 
-    async def client(number: int) -> None:
-        nonlocal errors
-        sent = number
-        while time.perf_counter() < deadline:
-            request = pb.RecommendRequest(image=images[sent % len(images)], user_id=users[sent % len(users)])
-            started = time.perf_counter()
-            try:
-                await stub.Recommend(request, timeout=10)
-                latencies.append(time.perf_counter() - started)
-            except Exception:  # noqa: BLE001 - counted and reported, the run goes on
-                errors += 1
-            sent += concurrency
+    def send(number: int) -> Awaitable[Outcome]:
+        request = pb.RecommendRequest(image=images[number % len(images)], user_id=users[number % len(users)])
+        return timed("image", stub.Recommend(request, timeout=10))
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client(number) for number in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    started = time.monotonic()
+    outcomes = await closed_loop(send, concurrency, seconds)
+    elapsed = time.monotonic() - started
+    latencies = [outcome.seconds for outcome in outcomes if outcome.ok]
     after = stage_buckets(registry)
     stages = {stage: {q: histogram_quantile(q, {bound: after[stage][bound] - before[stage].get(bound, 0.0)
                                                  for bound in after[stage]}) for q in QUANTILES}
               for stage in STAGES if after[stage]}
     client_quantiles = {q: float(np.quantile(latencies, q)) if latencies else float("nan") for q in QUANTILES}
-    return LoadRun(len(latencies), errors, elapsed, concurrency, client_quantiles, stages)
+    return LoadRun(len(latencies), len(outcomes) - len(latencies), elapsed, concurrency, client_quantiles, stages)

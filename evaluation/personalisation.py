@@ -23,19 +23,15 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.config import Settings
-from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, RecommendQuery
-from gateway.ports import HistoryStore
-from ranker import Weights
 
 from evaluation.metrics import next_item_metrics
 from evaluation.shoppers import Shopper
+from gateway.pipeline import Pipeline, RecommendQuery
+from gateway.ports import HistoryStore
+from ranker import Weights
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 K = 10
 METHODS = ("visual", "history_aware", "own_views_only", "history_only", "most_viewed", "category_popularity")
@@ -61,7 +57,7 @@ class Step:
 
 def steps_of(shoppers: Sequence[Shopper], product_ids: Sequence[str], prefix: str, last: int) -> list[Step]:
     """The last ``last`` views of each shopper, each held out in turn after the views before it."""
-    steps = []
+    steps: list[Step] = []
     for number, shopper in enumerate(shoppers):
         views = [product_ids[view] for view in shopper.views]
         steps.extend(Step(f"{prefix}-{number}", tuple(views[:position]), views[position])
@@ -95,7 +91,7 @@ class Popularity:
 
 async def record_history(record: Callable[[str, str], Awaitable[object]], steps: Sequence[Step]) -> None:
     """Records the views before each user's first step, in order (later steps add their own)."""
-    first = {}
+    first: dict[str, Step] = {}
     for step in steps:
         first.setdefault(step.user, step)
     for step in first.values():
@@ -136,22 +132,20 @@ class Tuning:
     scores: list[tuple[Weights, dict[str, float]]]
 
 
-async def tune_weights(pipeline: Pipeline, settings: Settings, metrics: Metrics, steps: Sequence[Step],
-                       concurrency: int = 8) -> Tuning:
+async def tune_weights(pipeline: Pipeline, defaults: Weights, steps: Sequence[Step], concurrency: int = 8
+                       ) -> Tuning:
     """Weights chosen on ``steps`` (one step per user) in two stages: :func:`weight_grid`, then
     POPULARITY_GRID on top of its best; the best of all settings by hit@10 (then NDCG@10).
 
-    Each setting runs as an in-process Pipeline over the gateway's embedder, catalog and history.
+    Each setting runs as the gateway's in-process Pipeline with those weights (`Pipeline.with_weights`).
     """
     if len({step.user for step in steps}) != len(steps):
         raise ValueError("tuning evaluates one step per user, with the history recorded once")
     await record_history(pipeline.record_view, steps)
-    pool = ThreadPoolExecutor(1)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def score(weights: Weights) -> tuple[Weights, dict[str, float]]:
-        candidate = Pipeline(pipeline.embedder, pipeline.catalog, pipeline.history,
-                             replace(settings, weights=weights), metrics, pool)
+        candidate = pipeline.with_weights(weights)
 
         async def ranked(step: Step) -> list[str]:
             async with semaphore:
@@ -161,12 +155,9 @@ async def tune_weights(pipeline: Pipeline, settings: Settings, metrics: Metrics,
         lists = await asyncio.gather(*(ranked(step) for step in steps))
         return weights, next_item_metrics(lists, [step.target for step in steps], K)
 
-    try:
-        scores = [await score(weights) for weights in weight_grid(settings.weights)]
-        own_views = best_of(scores)
-        scores += [await score(replace(own_views, popularity=popularity)) for popularity in POPULARITY_GRID]
-    finally:
-        pool.shutdown()
+    scores = [await score(weights) for weights in weight_grid(defaults)]
+    own_views = best_of(scores)
+    scores += [await score(replace(own_views, popularity=popularity)) for popularity in POPULARITY_GRID]
     return Tuning(best_of(scores), own_views, scores)
 
 
@@ -179,8 +170,10 @@ async def served_lists(stub: pb_grpc.RecommenderStub, own_views_stub: pb_grpc.Re
     """
     lists: dict[str, list[list[str]]] = {method: [] for method in METHODS}
 
-    async def recommend(through: pb_grpc.RecommenderStub = stub, **fields: object) -> list[str]:
-        response = await through.Recommend(pb.RecommendRequest(limit=K, **fields), timeout=timeout_s)
+    async def recommend(through: pb_grpc.RecommenderStub = stub, product_id: str | None = None,
+                        user_id: str | None = None) -> list[str]:
+        request = pb.RecommendRequest(limit=K, product_id=product_id, user_id=user_id)  # None leaves a field unset
+        response = await through.Recommend(request, timeout=timeout_s)
         return [item.product_id for item in response.items]
 
     async def record(user: str, product_id: str) -> None:

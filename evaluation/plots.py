@@ -6,13 +6,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from gateway.fashion_mnist import CLASS_NAMES  # noqa: E402
-
-from evaluation.personalisation import METHODS  # noqa: E402
-from evaluation.run import Evaluation  # noqa: E402
+from catalog_sources.fashion_mnist import CLASS_NAMES
+from evaluation.personalisation import METHODS
+from evaluation.run import Evaluation
 
 EXAMPLE_QUERIES = 6
 EXAMPLE_RESULTS = 5

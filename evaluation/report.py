@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.fashion_mnist import CLASS_NAMES
-from training.card import CARD_JSON
-
+from catalog_sources.fashion_mnist import CLASS_NAMES
 from evaluation.metrics import RETRIEVAL_METRICS, most_confused
 from evaluation.personalisation import METHODS
 from evaluation.plots import METHOD_LABELS
 from evaluation.retrieval import overlap_at
 from evaluation.run import Evaluation, PersonalisationResult, VersionResult
+from training.card import CARD_JSON
 
 GOAL_V1 = 0.75
 GOAL_V2 = 0.85

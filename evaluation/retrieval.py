@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from catalog_sources.fashion_mnist import FashionMnistSplit
 from gateway.catalog import CatalogStore
-from gateway.fashion_mnist import FashionMnistSplit
 from gateway.images import preprocess, to_model_input
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 BATCH_SIZE = 32
 RETRIES = 3
@@ -86,7 +86,7 @@ async def served_results(stub: pb_grpc.RecommenderStub, images: Sequence[bytes],
 
 async def stored_vectors(catalog: CatalogStore, product_ids: Sequence[str], chunk: int = 500) -> np.ndarray:
     """The vectors the catalog stores for ``product_ids``, in that order."""
-    rows = []
+    rows: list[np.ndarray] = []
     for start in range(0, len(product_ids), chunk):
         found = await catalog.retrieve(list(product_ids[start:start + chunk]))
         rows.extend(found[product_id].vector for product_id in product_ids[start:start + chunk])

@@ -3,49 +3,58 @@
 Setting (``EvalConfig``): the catalog is the first ``catalog_size`` images of the Fashion-MNIST *train*
 split; the queries are the first ``queries_per_category`` images of each category of the *test* split,
 which no training code reads. For each version Triton serves, the catalog is embedded into its own
-collection (``stack.rollout.build_collection``, resumable), the alias is pointed at it and the gateway
+collection (``ops.rollout.build_collection``, resumable), the alias is pointed at it and the gateway
 follows, exactly as in a rollout; then the queries run through gRPC, the same retrieval runs in-process
 as a cross-check, a short load run measures the stages, and the same simulated shoppers measure
 personalisation.
 """
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from tritonclient.grpc.aio import InferenceServerClient
 
-from gateway import sources
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.catalog import open_catalog_aliases
-from gateway.catalog.aliases import versioned_collection
-from gateway.config import Settings
-from gateway.fashion_mnist import CLASS_NAMES, load_split
-from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
-from gateway.server import Gateway, open_pipeline, start_gateway
-from gateway.serving import follow_alias
-from ranker import Weights
-from stack.rollout import build_collection
-
+from catalog_sources import products as sources
+from catalog_sources.fashion_mnist import CLASS_NAMES, load_split
 from evaluation import metrics as measures
 from evaluation.latency import LoadRun, load_run
-from evaluation.personalisation import (METHODS, Popularity, record_crowd, scores_of, served_lists, steps_of,
-                                        tune_weights)
-from evaluation.retrieval import (InProcess, Served, in_process_results, png, served_results,
-                                  stored_vectors, stratified_queries, wait_for_model)
+from evaluation.personalisation import (
+    METHODS,
+    Popularity,
+    record_crowd,
+    scores_of,
+    served_lists,
+    steps_of,
+    tune_weights,
+)
+from evaluation.retrieval import (
+    InProcess,
+    Served,
+    in_process_results,
+    png,
+    served_results,
+    stored_vectors,
+    stratified_queries,
+    wait_for_model,
+)
 from evaluation.shoppers import Catalog, ShopperConfig, simulate
+from gateway.catalog.aliases import versioned_collection
+from gateway.composition import Components
+from gateway.config import Settings
+from gateway.serving import Serving, follow_alias
+from harness.gateway import RunningGateway, in_process, over
+from ops.rollout import build_collection
+from ranker import Weights
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 LOAD_USERS = 8
@@ -141,38 +150,33 @@ async def evaluate(config: EvalConfig, settings: Settings, repository: Path) -> 
     index_seconds = {}
     for version in versions:
         index_started = time.perf_counter()
-        total, products = sources.fashion_mnist("train", limit=config.catalog_size)
-        await build_collection(settings, version, total, products, settings.ingest_batch_size)
+        await build_collection(settings, version, sources.fashion_mnist("train", limit=config.catalog_size),
+                               settings.ingest_batch_size)
         index_seconds[version] = time.perf_counter() - index_started
     result.seconds["catalog embedding"] = sum(index_seconds.values())
-    aliases = open_catalog_aliases(settings.qdrant_url, settings.data_dir, settings.search_timeout_s)
+    components = Components(settings)
+    aliases = components.catalog_aliases()
     await aliases.point(settings.collection, versioned_collection(settings.collection, versions[0]))
-    metrics = Metrics(CollectorRegistry())
     try:
-        async with open_pipeline(settings, metrics) as (pipeline, indexer):
-            gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
-            try:
-                async with follow_alias(gateway.serving, settings, poll_s=0.5), \
-                        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
-                    stub = pb_grpc.RecommenderStub(channel)
-                    for version in versions:
-                        load_users = await prepare_load_users(stub, catalog_ids)
-                        await aliases.point(settings.collection, versioned_collection(settings.collection, version))
-                        model = await wait_for_model(stub, query_images[0], version)
-                        log.info("measuring %s", model)
-                        version_started = time.perf_counter()
-                        result.versions.append(await measure_version(
-                            config, gateway, stub, metrics, version, model, repository / settings.model_name,
-                            query_images, result.query_labels, catalog_ids, catalog_labels, train.images,
-                            load_users, index_seconds[version]))
-                        result.seconds[f"retrieval and load, version {version}"] = time.perf_counter() - version_started
-                        personalisation_started = time.perf_counter()
-                        result.personalisation.append(await measure_personalisation(
-                            config, gateway, settings, metrics, version, catalog_ids, train.images, catalog_labels))
-                        result.seconds[f"personalisation, version {version}"] = (time.perf_counter()
-                                                                                 - personalisation_started)
-            finally:
-                await gateway.stop(grace_s=1)
+        async with in_process(settings, grace_s=1) as running, \
+                follow_alias(running.gateway.serving, components, poll_s=0.5), \
+                grpc.aio.insecure_channel(running.target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            for version in versions:
+                load_users = await prepare_load_users(stub, catalog_ids)
+                await aliases.point(settings.collection, versioned_collection(settings.collection, version))
+                model = await wait_for_model(stub, query_images[0], version)
+                log.info("measuring %s", model)
+                version_started = time.perf_counter()
+                result.versions.append(await measure_version(
+                    config, running, stub, version, model, repository / settings.model_name, query_images,
+                    result.query_labels, catalog_ids, catalog_labels, train.images, load_users,
+                    index_seconds[version]))
+                result.seconds[f"retrieval and load, version {version}"] = time.perf_counter() - version_started
+                personalisation_started = time.perf_counter()
+                result.personalisation.append(await measure_personalisation(
+                    config, running, version, catalog_ids, train.images, catalog_labels))
+                result.seconds[f"personalisation, version {version}"] = time.perf_counter() - personalisation_started
     finally:
         await aliases.close()
     result.seconds["total"] = time.perf_counter() - started
@@ -190,14 +194,14 @@ async def prepare_load_users(stub: pb_grpc.RecommenderStub, catalog_ids: list[st
     return users
 
 
-async def measure_version(config: EvalConfig, gateway: Gateway, stub: pb_grpc.RecommenderStub, metrics: Metrics,
+async def measure_version(config: EvalConfig, running: RunningGateway, stub: pb_grpc.RecommenderStub,
                           version: str, model: str, model_dir: Path, query_images: list[bytes],
                           query_labels: np.ndarray, catalog_ids: list[str], catalog_labels: np.ndarray,
                           catalog_pixels: np.ndarray, load_users: list[str], index_seconds: float) -> VersionResult:
     """Retrieval through the gateway (now serving ``version``), its in-process cross-check and a load run."""
     k = max(config.ks)
     served = await served_results(stub, query_images, k)
-    vectors = await stored_vectors(gateway.pipeline.catalog, catalog_ids)
+    vectors = await stored_vectors(running.gateway.pipeline.catalog, catalog_ids)
     sample = np.random.default_rng(config.seed).choice(len(catalog_ids), config.catalog_check, replace=False)
     in_process = await asyncio.to_thread(in_process_results, str(model_dir / version / "model.pt"), query_images,
                                          catalog_ids, vectors, catalog_pixels, sample, k)
@@ -209,7 +213,7 @@ async def measure_version(config: EvalConfig, gateway: Gateway, stub: pb_grpc.Re
 
     served_relevant = relevant(served.ids)
     result_labels = np.array([[label_of[i] for i in row] for row in served.ids])
-    load = await load_run(stub, metrics.registry, query_images, load_users, config.load_seconds,
+    load = await load_run(stub, running.metrics.registry, query_images, load_users, config.load_seconds,
                           config.load_concurrency)
     return VersionResult(
         version, model, served, in_process,
@@ -219,9 +223,8 @@ async def measure_version(config: EvalConfig, gateway: Gateway, stub: pb_grpc.Re
         measures.confusion(query_labels, result_labels, 10, len(CLASS_NAMES)), load, index_seconds)
 
 
-async def measure_personalisation(config: EvalConfig, gateway: Gateway, settings: Settings, metrics: Metrics,
-                                  version: str, catalog_ids: list[str], catalog_pixels: np.ndarray,
-                                  catalog_labels: np.ndarray) -> PersonalisationResult:
+async def measure_personalisation(config: EvalConfig, running: RunningGateway, version: str, catalog_ids: list[str],
+                                  catalog_pixels: np.ndarray, catalog_labels: np.ndarray) -> PersonalisationResult:
     """Tunes the ranker on validation shoppers, then serves the test shoppers with the chosen weights.
 
     Redis starts empty but for the crowd's views, so no version sees views recorded for another.
@@ -231,17 +234,20 @@ async def measure_personalisation(config: EvalConfig, gateway: Gateway, settings
     categories = [CLASS_NAMES[label] for label in catalog_labels]
     crowd = simulate(catalog, config.popularity_shoppers, config.seed + 1)
     popularity = Popularity(crowd, catalog_ids, categories)
+    settings, pipeline = running.settings, running.gateway.pipeline
+    if settings.redis_url is None:
+        raise ValueError("measuring personalisation needs settings.redis_url")
     async with Redis.from_url(settings.redis_url) as redis:
         await redis.flushdb()
-    await record_crowd(gateway.pipeline.history, crowd, catalog_ids)
+    await record_crowd(pipeline.history, crowd, catalog_ids)
     validation = steps_of(simulate(catalog, config.validation_shoppers, config.seed + 2), catalog_ids,
                           f"v{version}-validation", last=1)
-    tuning = await tune_weights(gateway.pipeline, settings, metrics, validation)
+    tuning = await tune_weights(pipeline, settings.weights, validation)
     log.info("ranker weights chosen on %d validation steps: %s", len(validation), tuning.weights)
     test = steps_of(simulate(catalog, config.test_shoppers, config.seed + 3), catalog_ids, f"v{version}-test",
                     last=config.test_steps)
-    async with gateway_with_weights(gateway, settings, metrics, tuning.weights) as tuned, \
-            gateway_with_weights(gateway, settings, metrics, tuning.own_views_weights) as own_views:
+    async with gateway_with_weights(running, tuning.weights) as tuned, \
+            gateway_with_weights(running, tuning.own_views_weights) as own_views:
         lists = await served_lists(tuned, own_views, test, popularity)
     scores = scores_of(lists, test)
     for method in METHODS:
@@ -252,18 +258,10 @@ async def measure_personalisation(config: EvalConfig, gateway: Gateway, settings
 
 
 @asynccontextmanager
-async def gateway_with_weights(gateway: Gateway, settings: Settings, metrics: Metrics,
-                               weights: Weights) -> AsyncIterator[pb_grpc.RecommenderStub]:
+async def gateway_with_weights(running: RunningGateway, weights: Weights) -> AsyncIterator[pb_grpc.RecommenderStub]:
     """A stub of a second gateway over the same backends whose ranker uses ``weights``."""
-    tuned_settings = dataclasses.replace(settings, weights=weights)
-    pool = ThreadPoolExecutor(1)
-    pipeline = gateway.pipeline
-    tuned = await start_gateway(Pipeline(pipeline.embedder, pipeline.catalog, pipeline.history, tuned_settings,
-                                         metrics, pool), gateway.indexer, tuned_settings, metrics,
-                                address="127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{tuned.port}") as channel:
-            yield pb_grpc.RecommenderStub(channel)
-    finally:
-        await tuned.stop(grace_s=1)
-        pool.shutdown()
+    gateway = running.gateway
+    async with over(Serving(gateway.pipeline.with_weights(weights), gateway.indexer), running.settings,
+                            running.metrics, grace_s=1) as tuned, \
+            grpc.aio.insecure_channel(tuned.target) as channel:
+        yield pb_grpc.RecommenderStub(channel)

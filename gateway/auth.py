@@ -1,7 +1,8 @@
 """Bearer-token authentication with two scopes: `read` for the Recommender, `write` for changes.
 
 `read` allows Recommend, RecordView, GetHistory and the Catalog's GetProductImage; `write` allows
-ForgetUser and the Catalog's UpsertProducts and DeleteProducts. A token has the scopes it lists (`write` does not imply `read`).
+ForgetUser and the Catalog's UpsertProducts and DeleteProducts. A token has the scopes it lists
+(`write` does not imply `read`).
 Tokens come from AUTH_TOKENS_FILE (a JSON file) or AUTH_TOKENS (the same JSON inline), an object
 mapping each token to its scopes: `{"<token>": ["read"], "<another token>": ["read", "write"]}`.
 With neither set, authentication is off. Only SHA-256 digests of the tokens are kept, and a token is
@@ -10,7 +11,7 @@ never logged or echoed. Health checking and reflection stay open, so probes need
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from .config import Settings
 from .domain import PermissionDenied, Unauthenticated
@@ -61,7 +62,7 @@ class Authenticator:
             raise ValueError(f"{source} must be a JSON object mapping each token to a list of scopes")
         return cls(table)
 
-    def check(self, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+    def check(self, method: str, metadata: Iterable[tuple[str, str | bytes]]) -> None:
         """Returns if the call's bearer token grants the method's scope; raises Unauthenticated or
         PermissionDenied otherwise. `method` is the full path, e.g. /recsys.v1.Catalog/UpsertProducts."""
         values = [value for key, value in metadata if key == HEADER]

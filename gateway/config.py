@@ -1,107 +1,143 @@
-"""Gateway configuration: read once from environment variables, then passed down explicitly."""
+"""Gateway configuration: environment variables read once at start-up by pydantic-settings, then passed down.
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+Each field's variable is its name in capitals unless its ``validation_alias`` names another; an unset or empty
+variable keeps the default. `Settings.from_env` turns a bad value into a `SettingsError` that names the variable
+and what it expects. docs/configuration.md lists every variable.
+"""
+
+import logging
+from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ranker import Weights
 
 from .images import ImageLimits
 
 MiB = 1024 * 1024
+_DEFAULT_WEIGHTS = Weights()
+_DEFAULT_IMAGE_LIMITS = ImageLimits()
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveSeconds = PositiveFloat
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting with its default; `from_env` documents the variable that overrides each."""
+class SettingsError(ValueError):
+    """The environment holds a value the gateway cannot use; the message names each variable and the problem."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway with its default."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, populate_by_name=True, extra="ignore")
 
     grpc_address: str = "[::]:50051"
-    metrics_port: int = 9464
+    metrics_port: Port = 9464
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     triton_url: str | None = None
     qdrant_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path("data")
     model_name: str = "product_embedder"
     model_version: str = ""
-    collection: str = "products"
-    max_message_bytes: int = 16 * MiB
-    image_limits: ImageLimits = field(default_factory=ImageLimits)
-    default_limit: int = 10
-    max_limit: int = 100
-    oversample: int = 5
-    min_candidates: int = 50
-    history_max_views: int = 50
-    history_ttl_s: int = 30 * 24 * 3600
-    weights: Weights = field(default_factory=Weights)
-    request_timeout_s: float = 5.0
-    embed_timeout_s: float = 3.0
-    search_timeout_s: float = 1.0
-    history_timeout_s: float = 0.25
-    item_cache_size: int = 10_000
-    item_cache_ttl_s: float = 30.0
-    decode_workers: int = 2
-    ingest_batch_size: int = 16
-    max_concurrent_requests: int = 64
-    max_concurrent_images: int = 8
+    collection: str = Field("products", validation_alias="QDRANT_COLLECTION")
+    max_message_bytes: int = Field(16 * MiB, ge=MiB)
+    image_max_bytes: int = Field(_DEFAULT_IMAGE_LIMITS.max_bytes, gt=0)
+    image_max_pixels: int = Field(_DEFAULT_IMAGE_LIMITS.max_pixels, gt=0)
+    image_max_side: int = Field(_DEFAULT_IMAGE_LIMITS.max_side, gt=0)
+    default_limit: int = Field(10, ge=1)
+    max_limit: int = Field(100, ge=1)
+    oversample: int = Field(5, ge=1)
+    min_candidates: int = Field(50, ge=1)
+    history_max_views: int = Field(50, ge=1)
+    history_ttl_s: int = Field(30 * 24 * 3600, ge=1, validation_alias="HISTORY_TTL_SECONDS")
+    rank_weight_visual: Weight = _DEFAULT_WEIGHTS.visual
+    rank_weight_history: Weight = _DEFAULT_WEIGHTS.history
+    rank_weight_category: Weight = _DEFAULT_WEIGHTS.category
+    rank_weight_popularity: Weight = _DEFAULT_WEIGHTS.popularity
+    rank_half_life_views: PositiveFloat = _DEFAULT_WEIGHTS.half_life_views
+    rank_exclude_viewed: bool = _DEFAULT_WEIGHTS.exclude_viewed
+    request_timeout_s: PositiveSeconds = Field(5.0, validation_alias="REQUEST_TIMEOUT_SECONDS")
+    embed_timeout_s: PositiveSeconds = Field(3.0, validation_alias="EMBED_TIMEOUT_SECONDS")
+    search_timeout_s: PositiveSeconds = Field(1.0, validation_alias="SEARCH_TIMEOUT_SECONDS")
+    history_timeout_s: PositiveSeconds = Field(0.25, validation_alias="HISTORY_TIMEOUT_SECONDS")
+    item_cache_size: int = Field(10_000, ge=0)
+    item_cache_ttl_s: float = Field(30.0, ge=0, allow_inf_nan=False, validation_alias="ITEM_CACHE_TTL_SECONDS")
+    decode_workers: int = Field(2, ge=1)
+    ingest_batch_size: int = Field(16, ge=1)
+    max_concurrent_requests: int = Field(64, ge=1)
+    max_concurrent_images: int = Field(8, ge=1)
     auth_tokens_file: Path | None = None
-    auth_tokens: str | None = field(default=None, repr=False)
+    auth_tokens: str | None = Field(None, repr=False)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
 
-    def __post_init__(self) -> None:
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
         if self.auth_tokens_file and self.auth_tokens:
             raise ValueError("set AUTH_TOKENS_FILE or AUTH_TOKENS, not both")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
+        if self.default_limit > self.max_limit:
+            raise ValueError(f"DEFAULT_LIMIT ({self.default_limit}) must not exceed MAX_LIMIT ({self.max_limit})")
+        return self
+
+    @cached_property
+    def weights(self) -> Weights:
+        """The ranker's weights (RANK_*)."""
+        return Weights(visual=self.rank_weight_visual, history=self.rank_weight_history,
+                       category=self.rank_weight_category, popularity=self.rank_weight_popularity,
+                       half_life_views=self.rank_half_life_views, exclude_viewed=self.rank_exclude_viewed)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The bounds on an untrusted image (IMAGE_MAX_*)."""
+        return ImageLimits(self.image_max_bytes, self.image_max_pixels, self.image_max_side)
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
-        """Builds settings from the environment; unset or empty variables keep their defaults."""
+    def from_env(cls) -> "Settings":
+        """The settings of this process's environment; SettingsError names every variable with a bad value."""
+        try:
+            return cls()
+        except ValidationError as error:
+            raise SettingsError(describe(error)) from None
 
-        def get(name: str) -> str | None:
-            return env.get(name) or None
 
-        def path(name: str) -> Path | None:
-            value = get(name)
-            return Path(value) if value else None
+def variable_of(field: str) -> str:
+    """The environment variable that sets a field (or names it, for errors about several fields)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    return alias if isinstance(alias, str) else field.upper()
 
-        defaults = cls()
-        weights = defaults.weights
-        return cls(
-            grpc_address=get("GRPC_ADDRESS") or defaults.grpc_address,
-            metrics_port=int(get("METRICS_PORT") or defaults.metrics_port),
-            triton_url=get("TRITON_URL"),
-            qdrant_url=get("QDRANT_URL"),
-            redis_url=get("REDIS_URL"),
-            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
-            model_name=get("MODEL_NAME") or defaults.model_name,
-            model_version=get("MODEL_VERSION") or defaults.model_version,
-            collection=get("QDRANT_COLLECTION") or defaults.collection,
-            history_max_views=int(get("HISTORY_MAX_VIEWS") or defaults.history_max_views),
-            history_ttl_s=int(get("HISTORY_TTL_SECONDS") or defaults.history_ttl_s),
-            weights=Weights(
-                visual=float(get("RANK_WEIGHT_VISUAL") or weights.visual),
-                history=float(get("RANK_WEIGHT_HISTORY") or weights.history),
-                category=float(get("RANK_WEIGHT_CATEGORY") or weights.category),
-                popularity=float(get("RANK_WEIGHT_POPULARITY") or weights.popularity),
-                half_life_views=float(get("RANK_HALF_LIFE_VIEWS") or weights.half_life_views),
-                exclude_viewed=(get("RANK_EXCLUDE_VIEWED") or str(weights.exclude_viewed)).lower() in ("1", "true"),
-            ),
-            request_timeout_s=float(get("REQUEST_TIMEOUT_SECONDS") or defaults.request_timeout_s),
-            embed_timeout_s=float(get("EMBED_TIMEOUT_SECONDS") or defaults.embed_timeout_s),
-            search_timeout_s=float(get("SEARCH_TIMEOUT_SECONDS") or defaults.search_timeout_s),
-            history_timeout_s=float(get("HISTORY_TIMEOUT_SECONDS") or defaults.history_timeout_s),
-            item_cache_size=int(get("ITEM_CACHE_SIZE") or defaults.item_cache_size),
-            item_cache_ttl_s=float(get("ITEM_CACHE_TTL_SECONDS") or defaults.item_cache_ttl_s),
-            decode_workers=int(get("DECODE_WORKERS") or defaults.decode_workers),
-            max_concurrent_requests=int(get("MAX_CONCURRENT_REQUESTS") or defaults.max_concurrent_requests),
-            max_concurrent_images=int(get("MAX_CONCURRENT_IMAGES") or defaults.max_concurrent_images),
-            auth_tokens_file=path("AUTH_TOKENS_FILE"),
-            auth_tokens=get("AUTH_TOKENS"),
-            tls_cert_file=path("TLS_CERT_FILE"),
-            tls_key_file=path("TLS_KEY_FILE"),
-            tls_client_ca_file=path("TLS_CLIENT_CA_FILE"),
-        )
+
+def describe(error: ValidationError) -> str:
+    """One line per problem: the variable, the value given and what is expected (AUTH_TOKENS takes any text, so no
+    token is ever echoed)."""
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        message = problem["msg"].removeprefix("Value error, ")
+        if not field:
+            lines.append(message)
+            continue
+        if problem["type"] == "bool_parsing":
+            message += " (true/false, 1/0, yes/no or on/off)"
+        lines.append(f"{variable_of(field.lower())}={problem['input']!r}: {message}")
+    return "invalid configuration: " + "; ".join(lines)

@@ -18,9 +18,16 @@ from tritonclient.grpc import InferInput, InferRequestedOutput, model_config_pb2
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from gateway.domain import DeadlineExceeded, FailedPrecondition, InvalidArgument, ModelInfo, RecsysError, \
-    ResourceExhausted, Unavailable
-from model_export.triton_config import IMAGE_SIZE
+from gateway.domain import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelInfo,
+    RecsysError,
+    ResourceExhausted,
+    Unavailable,
+)
+from gateway.images import IMAGE_SIZE
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3

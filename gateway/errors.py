@@ -6,7 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -17,6 +17,9 @@ from .auth import Authenticator
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# What the aio server calls for a unary-response method: a coroutine function of the request and an aio context.
+AioBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 STATUS_OF: dict[type[domain.RecsysError], grpc.StatusCode] = {
     domain.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -56,26 +59,28 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         path = handler_call_details.method
         if handler is None or path.lstrip("/").partition("/")[0] not in self._services:
             return handler
         deserializer = handler.request_deserializer
+        # grpc's stubs type a handler's behaviours as the sync server calls them; the aio server's are AioBehaviours.
         if handler.unary_unary:
+            behaviour = cast(AioBehaviour, handler.unary_unary)
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(path, handler.unary_unary, functools.partial(_parse, deserializer)),
+                self._wrap(path, behaviour, functools.partial(_parse, deserializer)),
                 None, handler.response_serializer)
         if handler.stream_unary:
+            behaviour = cast(AioBehaviour, handler.stream_unary)
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap(path, handler.stream_unary, functools.partial(_parsed_stream, deserializer)),
+                self._wrap(path, behaviour, functools.partial(_parsed_stream, deserializer)),
                 None, handler.response_serializer)
         return handler
 
-    def _wrap(self, path: str, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-              parse: Callable[[Any], Any]) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _wrap(self, path: str, behaviour: AioBehaviour, parse: Callable[[Any], Any]) -> AioBehaviour:
         method = path.rpartition("/")[2]
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -17,18 +17,20 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Self
+from typing import Self, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from gateway.domain import InvalidArgument, Unavailable, View
 
 DEFAULT_MAX_VIEWS = 50
 DEFAULT_TTL_S = 30 * 24 * 3600
 DEFAULT_TIMEOUT_S = 0.5
+DEFAULT_NAMESPACE = "recsys"
 
 
 class RedisHistory:
@@ -36,7 +38,7 @@ class RedisHistory:
     new view renews."""
 
     def __init__(self, client: Redis, *, max_views: int = DEFAULT_MAX_VIEWS,
-                 ttl_s: int = DEFAULT_TTL_S, namespace: str = "recsys") -> None:
+                 ttl_s: int = DEFAULT_TTL_S, namespace: str = DEFAULT_NAMESPACE) -> None:
         if max_views < 1 or ttl_s < 1 or not namespace:
             raise ValueError(f"need max_views >= 1, ttl_s >= 1 and a namespace; got "
                              f"max_views={max_views}, ttl_s={ttl_s}, namespace={namespace!r}")
@@ -47,7 +49,7 @@ class RedisHistory:
 
     @classmethod
     def from_url(cls, url: str, *, max_views: int = DEFAULT_MAX_VIEWS, ttl_s: int = DEFAULT_TTL_S,
-                 namespace: str = "recsys", timeout_s: float = DEFAULT_TIMEOUT_S) -> Self:
+                 namespace: str = DEFAULT_NAMESPACE, timeout_s: float = DEFAULT_TIMEOUT_S) -> Self:
         """A history over the Redis at url (e.g. ``redis://host:6379/0``). Connecting and every
         command give up after timeout_s, so a dead or hung Redis fails fast; a broken connection
         is retried once at once, which heals pooled connections after a Redis restart."""
@@ -66,7 +68,9 @@ class RedisHistory:
         entry = str(viewed_at_ms).encode() + b":" + product
         with _unavailable_on_redis_error():
             async with self._redis.pipeline(transaction=True) as transaction:
-                transaction.lpush(key, entry).ltrim(key, 0, self.max_views - 1).expire(key, self.ttl_s)
+                transaction.lpush(key, entry)
+                transaction.ltrim(key, 0, self.max_views - 1)
+                transaction.expire(key, self.ttl_s)
                 transaction.zincrby(self._popularity_key, 1, product)
                 await transaction.execute()
 
@@ -80,8 +84,9 @@ class RedisHistory:
         members = [_utf8("product_id", product_id) for product_id in product_ids]
         with _unavailable_on_redis_error():
             async with self._redis.pipeline(transaction=False) as pipeline:
-                pipeline.zmscore(self._popularity_key, members).zrange(self._popularity_key, 0, 0, desc=True,
-                                                                       withscores=True)
+                # redis types zmscore's members as list[str]; like every member argument they may be bytes.
+                pipeline.zmscore(self._popularity_key, members)  # type: ignore[arg-type]
+                pipeline.zrange(self._popularity_key, 0, 0, desc=True, withscores=True)
                 counts, top = await pipeline.execute()
         scale = math.log1p(top[0][1]) if top else 0.0
         return [math.log1p(count) / scale if count and scale else 0.0 for count in counts]
@@ -93,7 +98,8 @@ class RedisHistory:
         count = self.max_views if limit is None else min(limit, self.max_views)
         key = self._key(user_id)
         with _unavailable_on_redis_error():
-            entries: list[bytes] = await self._redis.lrange(key, 0, count - 1)
+            # Without decode_responses Redis answers bytes; redis types the answer for either setting.
+            entries = cast(list[bytes], await self._redis.lrange(key, 0, count - 1))
         return [_decode_view(entry) for entry in entries]
 
     async def forget(self, user_id: str) -> None:

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gateway.domain import InvalidArgument
-from model_export.triton_config import IMAGE_SIZE
 
+# The side of the square model input every served embedder takes (uint8 [N, IMAGE_SIZE, IMAGE_SIZE, 3]).
+IMAGE_SIZE = 224
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _FORMAT_NAMES = "JPEG, PNG, WebP, GIF or BMP"
 _WHITE = (255, 255, 255)

@@ -68,7 +68,7 @@ class Indexer:
         pixels: list[np.ndarray] = []
         thumbnails: list[bytes] = []
         decoded = await asyncio.gather(*(self._decode(p) for p in products), return_exceptions=True)
-        for product, result in zip(products, decoded):
+        for product, result in zip(products, decoded, strict=True):
             if isinstance(result, InvalidArgument):
                 report.rejected.append((product.product_id, str(result)))
             elif isinstance(result, BaseException):
@@ -80,7 +80,7 @@ class Indexer:
         if accepted:
             vectors = await self._embedder.embed(np.stack(pixels), self._embed_timeout_s)
             await self._catalog.upsert([CatalogItem(p.product_id, p.category, vector, dict(p.attributes), thumbnail)
-                                        for p, vector, thumbnail in zip(accepted, vectors, thumbnails)])
+                                        for p, vector, thumbnail in zip(accepted, vectors, thumbnails, strict=True)])
             self._metrics.products_ingested.inc(len(accepted))
             report.stored = len(accepted)
         return report

@@ -12,12 +12,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Taste, rerank, taste_of
+from ranker import NO_TASTE, Candidate, HistoryItem, Taste, Weights, rerank, taste_of
 
 from .admission import Admission
 from .config import Settings
-from .domain import (CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, RecsysError, Unavailable,
-                     View)
+from .domain import CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, RecsysError, Unavailable, View
 from .images import preprocess
 from .item_cache import ItemCache
 from .metrics import Metrics
@@ -94,6 +93,7 @@ class Pipeline:
         self._settings = settings
         self._metrics = metrics
         self._decode_pool = decode_pool
+        self._weights = settings.weights
         self._image_work = Admission("image queries", settings.max_concurrent_images, metrics.in_flight)
         self._items = self._item_cache()
 
@@ -102,6 +102,12 @@ class Pipeline:
         switched = copy.copy(self)
         switched.embedder, switched.catalog = embedder, catalog
         switched._items = self._item_cache()  # another catalog holds other vectors
+        return switched
+
+    def with_weights(self, weights: Weights) -> "Pipeline":
+        """This pipeline ranking with other weights (an experiment, a tuning), sharing everything else."""
+        switched = copy.copy(self)
+        switched._weights = weights
         return switched
 
     def _item_cache(self) -> ItemCache:
@@ -122,8 +128,8 @@ class Pipeline:
     async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
         await self._check_categories_exist(query.categories)
         pool = max(limit * self._settings.oversample, self._settings.min_candidates)
-        by_product = query.image is None and query.product_id is not None
-        queried = {check_id("product_id", query.product_id)} if by_product else set()
+        queried_product = query.product_id if query.image is None else None
+        queried = {check_id("product_id", queried_product)} if queried_product is not None else set()
         shopper_task: asyncio.Task[_Shopper] | None = None
 
         def start_shopper() -> None:
@@ -152,7 +158,7 @@ class Pipeline:
         with self._metrics.stage("rerank"):
             candidates = [Candidate(s.item.product_id, s.item.category, s.visual, s.taste,
                                     popularity[s.item.product_id]) for s in scored]
-            ranked = rerank(candidates, shopper.taste, self._settings.weights, limit)
+            ranked = rerank(candidates, shopper.taste, self._weights, limit)
         attributes = {s.item.product_id: s.item.attributes for s in scored}
         items = [Recommended(r.product_id, r.category, dict(attributes[r.product_id]), r.score, r.visual_score,
                              r.history_score, r.category_score, r.popularity_score) for r in ranked]
@@ -226,8 +232,8 @@ class Pipeline:
         image is embedded)."""
         views, degraded = await self._views(user_id)
         viewed_ids = list(dict.fromkeys(view.product_id for view in views))
-        taste = taste_of(await self._history_items(viewed_ids), self._settings.weights)
-        excluded = set(viewed_ids) if self._settings.weights.exclude_viewed else set()
+        taste = taste_of(await self._history_items(viewed_ids), self._weights)
+        excluded = set(viewed_ids) if self._weights.exclude_viewed else set()
         vector = taste.vector
         hits = await self._search(vector, pool, categories, queried | excluded) if vector is not None else []
         return _Shopper(taste, hits, excluded, degraded)
@@ -240,7 +246,7 @@ class Pipeline:
         Only a history-aware list uses popularity: an anonymous or new shopper gets the visual order.
         """
         zeros = dict.fromkeys(product_ids, 0.0)
-        if not (product_ids and history_aware and self._settings.weights.popularity):
+        if not (product_ids and history_aware and self._weights.popularity):
             return zeros, ()
         with self._metrics.stage("popularity"):
             try:

@@ -4,11 +4,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from .api.recsys.v1 import recsys_pb2 as pb
-from .api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
+
 from .domain import InvalidArgument
 from .images import THUMBNAIL_TYPE
-from .indexer import IndexReport, Indexer, NewProduct
+from .indexer import Indexer, IndexReport, NewProduct
 from .pipeline import Pipeline, RecommendQuery
 from .serving import Serving
 

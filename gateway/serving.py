@@ -15,14 +15,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .catalog import open_catalog_aliases, open_catalog_store
 from .catalog.aliases import CatalogAliases
 from .config import Settings
 from .domain import RecsysError, Unavailable
-from .embedder import TritonEmbedder
 from .indexer import Indexer
 from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from .composition import Components
 
 log = logging.getLogger(__name__)
 ALIAS_POLL_S = 2.0
@@ -76,13 +78,12 @@ class AliasFollower:
     the alias moves back to it.
     """
 
-    def __init__(self, serving: Serving, aliases: CatalogAliases, settings: Settings,
+    def __init__(self, serving: Serving, aliases: CatalogAliases, components: "Components",
                  poll_s: float = ALIAS_POLL_S, drain_s: float | None = None) -> None:
-        if not settings.triton_url:
-            raise ValueError("following the catalog alias needs settings.triton_url")
-        self._triton_url = settings.triton_url
+        settings = components.settings
         self._serving = serving
         self._aliases = aliases
+        self._components = components
         self._settings = settings
         self._poll_s = poll_s
         self._drain_s = settings.request_timeout_s + 1.0 if drain_s is None else drain_s
@@ -107,7 +108,7 @@ class AliasFollower:
             if target is None or target == self._serving.collection:
                 return False
             pipeline, indexer = await self._open(target)
-        except Exception as error:  # noqa: BLE001 - e.g. a Qdrant server error: logged, retried at the next poll
+        except Exception as error:
             if str(error) != self._last_failure:
                 self._last_failure = str(error)
                 log.warning("catalog alias '%s' not followed yet: %s", self._settings.collection, error,
@@ -140,17 +141,12 @@ class AliasFollower:
         built_with = await self._aliases.built_with(collection)
         if built_with is None:
             raise Unavailable(f"collection '{collection}' does not exist or records no embedding model")
-        settings = self._settings
-        embedder = await TritonEmbedder.connect(self._triton_url, built_with.name, built_with.version,
-                                                max_message_bytes=settings.max_message_bytes)
-        catalog = open_catalog_store(settings.qdrant_url, settings.data_dir, collection,
-                                     timeout_s=settings.search_timeout_s)
+        embedder = await self._components.embedder(built_with.version, built_with.name)
         try:
             if not await embedder.ready():
                 raise Unavailable(f"Triton does not serve {embedder.info} yet")
-            await catalog.open(embedder.info)
+            catalog = await self._components.open_collection(collection, embedder)
         except BaseException:
-            await catalog.close()
             await embedder.close()
             raise
         return (initial_pipeline.with_backends(embedder, catalog),
@@ -169,11 +165,11 @@ async def _close(pipeline: Pipeline) -> None:
 
 
 @contextlib.asynccontextmanager
-async def follow_alias(serving: Serving, settings: Settings, poll_s: float = ALIAS_POLL_S
+async def follow_alias(serving: Serving, components: "Components", poll_s: float = ALIAS_POLL_S
                        ) -> AsyncIterator[AliasFollower]:
     """Runs an AliasFollower over ``serving`` until the block exits, then closes what it opened."""
-    aliases = open_catalog_aliases(settings.qdrant_url, settings.data_dir, settings.search_timeout_s)
-    follower = AliasFollower(serving, aliases, settings, poll_s)
+    aliases = components.catalog_aliases()
+    follower = AliasFollower(serving, aliases, components, poll_s)
     task = asyncio.create_task(follower.run())
     try:
         yield follower

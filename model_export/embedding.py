@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from torch import nn
 
 from model_export.efficientnet_lite import EfficientNetLite0
 from model_export.triton_config import IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class ImageEmbedder(nn.Module):
     L2-normalises each row. The input is 224x224 whatever the trunk's size, so every model version takes
     the same requests.
     """
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
 
     def __init__(self, trunk: nn.Module, mean: Sequence[float], std: Sequence[float],
                  trunk_size: int = IMAGE_SIZE) -> None:
@@ -132,7 +138,7 @@ def declare_torchvision_operators() -> torch.library.Library:
     return library
 
 
-def resnet50_architecture() -> nn.Module:
+def resnet50_architecture() -> "ResNet":
     """torchvision's ResNet-50 with untrained weights (torchvision is imported only here)."""
     if not hasattr(torch.ops.torchvision, "nms"):
         declare_torchvision_operators()
@@ -169,4 +175,5 @@ def build_embedding_model(backbone: str, random_weights: bool = False) -> ImageE
     weights = None if random_weights else spec.find_weights()
     log.info("%s: %s", backbone, "random weights" if weights is None else f"ImageNet weights from {weights}")
     model = ImageEmbedder(spec.build_trunk(weights), spec.mean, spec.std)
-    return model.to(memory_format=torch.channels_last).eval()
+    # torch's overloads of Module.to leave out the memory_format form its documentation lists.
+    return model.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]

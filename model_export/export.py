@@ -50,7 +50,7 @@ def check_matches(model: ImageEmbedder, exported: torch.jit.ScriptModule) -> int
     return actual.shape[1]
 
 
-def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """Writes ``target`` through ``write(temporary path)`` and a rename: it is never seen half-written."""
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -4,9 +4,10 @@ The local variant served by the bundled tritonserver (python backend only) is de
 ``local_config``, so the two can never disagree on names, shapes, batching or parameters.
 """
 
+from gateway.images import IMAGE_SIZE
+
 INPUT_NAME = "images__0"
 OUTPUT_NAME = "embeddings__0"
-IMAGE_SIZE = 224
 SERVED_VERSIONS = 2
 # Serving settings chosen with `make bench` on 2 cores (README, Performance): one torch thread per model
 # instance and one instance per core, at batches of at most 4 images. Two threads in one instance stall

@@ -1,14 +1,24 @@
-"""Sends a Fashion-MNIST test image to a running gateway and prints the recommendations."""
+"""`make demo`: sends a Fashion-MNIST test image to a running gateway through recsys_client, prints the list."""
 
 import argparse
-import io
+import asyncio
 
-import grpc
-from PIL import Image
+from catalog_sources.fashion_mnist import load_split
+from gateway.images import encode_png
+from recsys_client import RecsysClient
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.fashion_mnist import load_split
+
+async def demo(target: str, index: int, user: str, limit: int, token: str) -> None:
+    test = load_split("test")
+    async with RecsysClient(target, token=token) as client:
+        response = await client.recommend(image=encode_png(test.images[index]), user_id=user, limit=limit)
+    print(f"query: {test.product_id(index)} ({test.category(index)}), model {response.model}")
+    if response.degraded:
+        print(f"degraded: {', '.join(response.degraded)}")
+    print(f"{'product':<22} {'category':<12} {'score':>7} {'visual':>7} {'history':>7}")
+    for item in response.items:
+        print(f"{item.product_id:<22} {item.category:<12} {item.score:7.3f} {item.visual_score:7.3f} "
+              f"{item.history_score:7.3f}")
 
 
 def main() -> None:
@@ -17,20 +27,9 @@ def main() -> None:
     parser.add_argument("--index", type=int, default=0, help="which Fashion-MNIST test image to send")
     parser.add_argument("--user", default="", help="user id whose history personalises the list")
     parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--token", default="", help="bearer token, for a gateway that requires one")
     args = parser.parse_args()
-    test = load_split("test")
-    encoded = io.BytesIO()
-    Image.fromarray(test.images[args.index], mode="L").save(encoded, format="PNG")
-    with grpc.insecure_channel(args.target) as channel:
-        response = pb_grpc.RecommenderStub(channel).Recommend(
-            pb.RecommendRequest(image=encoded.getvalue(), user_id=args.user, limit=args.limit), timeout=10)
-    print(f"query: {test.product_id(args.index)} ({test.category(args.index)}), model {response.model}")
-    if response.degraded:
-        print(f"degraded: {', '.join(response.degraded)}")
-    print(f"{'product':<22} {'category':<12} {'score':>7} {'visual':>7} {'history':>7}")
-    for item in response.items:
-        print(f"{item.product_id:<22} {item.category:<12} {item.score:7.3f} {item.visual_score:7.3f} "
-              f"{item.history_score:7.3f}")
+    asyncio.run(demo(args.target, args.index, args.user, args.limit, args.token))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from types import FrameType, TracebackType
 from typing import Literal, Self
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from stack.net import free_port
 
@@ -115,7 +117,7 @@ class RedisServer:
         assert self._process is not None
         deadline = time.monotonic() + self._startup_timeout_s
         with redis.Redis(host=_HOST, port=self.port, socket_timeout=1.0,
-                         socket_connect_timeout=1.0, retry=None) as client:
+                         socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0)) as client:
             while True:
                 exit_code = self._process.poll()
                 if exit_code is not None:

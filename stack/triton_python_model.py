@@ -48,7 +48,7 @@ class TritonPythonModel:
             split_at = np.cumsum([len(batch) for batch in batches])[:-1]
             return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, rows)])
                     for rows in np.split(embeddings, split_at)]
-        except Exception as error:  # noqa: BLE001 - reported to every caller instead of crashing the stub
+        except Exception as error:
             message = f"{self.model_name} failed: {type(error).__name__}: {error}"
             return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
                     for _ in requests]

@@ -14,12 +14,14 @@ import grpc
 import pytest
 from PIL import Image, PngImagePlugin
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
 from gateway.images import ImageLimits
 from gateway.validation import MAX_ATTRIBUTES, MAX_FILTER_CATEGORIES, MAX_ID_LENGTH, MAX_IDS_PER_REQUEST
-from tests.reliability_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
+from harness.gateway import RunningGateway, in_process
+from harness.health import SERVING, wait_for_health
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from tests.test_images import FORMATS, REFUSALS, encode, noise
+from tests.triton_fixtures import TINY_CATALOG_SIZE, tiny_settings
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -31,9 +33,9 @@ LEAK_PER_ROUND_MIB = 5.0  # half the 10 MiB payload a round sends
 
 
 @pytest.fixture(scope="module")
-async def running(tiny_triton, redis_server, tmp_path_factory) -> AsyncIterator[Running]:
-    async with running_gateway(tiny_settings(tiny_triton.grpc_url, redis_server.url,
-                                             tmp_path_factory.mktemp("data"))) as running:
+async def running(tiny_triton, redis_server, tmp_path_factory) -> AsyncIterator[RunningGateway]:
+    async with in_process(tiny_settings(tiny_triton.grpc_url, redis_server.url, tmp_path_factory.mktemp("data")),
+                          TINY_CATALOG_SIZE) as running:
         yield running
 
 
@@ -90,11 +92,15 @@ class Case:
     says: str
 
 
-def recommend(**fields: object) -> Callable[[grpc.aio.Channel], Awaitable[object]]:
-    return lambda channel: pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(**fields), timeout=10)
+def recommend(*, image: bytes | None = None, product_id: str | None = None, user_id: str | None = None,
+              limit: int | None = None, filter: pb.Filter | None = None
+              ) -> Callable[[grpc.aio.Channel], Awaitable[pb.RecommendResponse]]:
+    """A Recommend call with the fields given (None leaves a field unset)."""
+    request = pb.RecommendRequest(image=image, product_id=product_id, user_id=user_id, limit=limit, filter=filter)
+    return lambda channel: pb_grpc.RecommenderStub(channel).Recommend(request, timeout=10)
 
 
-def image(data: bytes) -> Callable[[grpc.aio.Channel], Awaitable[object]]:
+def image(data: bytes) -> Callable[[grpc.aio.Channel], Awaitable[pb.RecommendResponse]]:
     return recommend(image=data)
 
 
@@ -105,22 +111,29 @@ def record_view(user_id: str, product_id: str) -> Callable[[grpc.aio.Channel], A
 
 def raw(method: str, data: bytes) -> Callable[[grpc.aio.Channel], Awaitable[object]]:
     """Sends bytes that need not be a valid message of the method's request type."""
-    return lambda channel: channel.unary_unary(method)(data, timeout=10)
+    def send(channel: grpc.aio.Channel) -> Awaitable[bytes]:
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)  # bytes as they are
+        return call(data, timeout=10)
+
+    return send
 
 
-def upsert(*products: pb.Product | bytes) -> Callable[[grpc.aio.Channel], Awaitable[object]]:
+def upsert(*products: pb.Product | bytes) -> Callable[[grpc.aio.Channel], Awaitable[pb.UpsertProductsResponse]]:
     """A client stream of products; raw bytes go out as they are."""
     async def stream() -> AsyncIterator[bytes]:
         for product in products:
             yield product if isinstance(product, bytes) else product.SerializeToString()
 
-    return lambda channel: channel.stream_unary(
-        "/recsys.v1.Catalog/UpsertProducts", response_deserializer=pb.UpsertProductsResponse.FromString,
-    )(stream(), timeout=30)
+    def send(channel: grpc.aio.Channel) -> Awaitable[pb.UpsertProductsResponse]:
+        call: grpc.aio.StreamUnaryMultiCallable[bytes, pb.UpsertProductsResponse] = channel.stream_unary(
+            "/recsys.v1.Catalog/UpsertProducts", response_deserializer=pb.UpsertProductsResponse.FromString)
+        return call(stream(), timeout=30)
+
+    return send
 
 
 def product(product_id: str = "new-product", data: bytes | None = None, category: str = "Bag",
-            **attributes: str) -> pb.Product:
+            attributes: dict[str, str] | None = None) -> pb.Product:
     return pb.Product(product_id=product_id, image=red("PNG") if data is None else data, category=category,
                       attributes=attributes)
 
@@ -206,8 +219,8 @@ CASES: dict[str, Case] = {
     "upsert: a corrupt image after a good one": Case(
         upsert(product("good-one"), product("broken-one", data=red("PNG")[:60])), INVALID, "'broken-one'"),
     "upsert: too many attributes": Case(
-        upsert(product(**{f"a{i}": "x" for i in range(MAX_ATTRIBUTES + 1)})), INVALID, "the limit is 64"),
-    "upsert: an overlong attribute value": Case(upsert(product(colour="x" * 5000)), INVALID,
+        upsert(product(attributes={f"a{i}": "x" for i in range(MAX_ATTRIBUTES + 1)})), INVALID, "the limit is 64"),
+    "upsert: an overlong attribute value": Case(upsert(product(attributes={"colour": "x" * 5000})), INVALID,
                                                 "'colour' is 5000 characters"),
     "upsert: a message that is no Product": Case(upsert(product("fine"), b"\x12\x05ab"), INVALID,
                                                  "not a valid protobuf message"),
@@ -228,7 +241,7 @@ async def test_bad_input_gets_its_status_and_an_actionable_message(channel, name
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await case.send(channel)
     assert error.value.code() == case.code, error.value.details()
-    assert case.says.lower() in error.value.details().lower()
+    assert case.says.lower() in (error.value.details() or "").lower()
 
 
 @pytest.mark.parametrize("name", ODD_BUT_VALID)

@@ -1,6 +1,7 @@
 """deploy/compose and the gateway's Dockerfile, checked without a Docker engine: the compose file
-parses and references only what exists, and the image is built with the commands and versions the
-tests use, runs without the build-only packages, and its HEALTHCHECK answers for a real gateway."""
+parses and references only what exists, the image installs the package (and only it) at the versions the
+tests use and runs its console script, and its HEALTHCHECK answers for a real gateway. tests/test_package.py
+installs the package in a fresh environment and serves through that console script."""
 
 import asyncio
 import json
@@ -10,18 +11,20 @@ import subprocess
 import sys
 import tomllib
 from fnmatch import fnmatch
-from importlib.metadata import packages_distributions, version
+from importlib.metadata import version
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from gateway.config import Settings
+from harness.gateway import in_process
+from harness.health import wait_for_health
 from model_export.triton_config import ALLOCATOR_ENV
 from stack.net import free_port
-from tests.gateway_fixtures import served_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "deploy" / "compose" / "docker-compose.yml"
@@ -67,8 +70,8 @@ def lock_pins() -> dict[str, str]:
 def ignored(path: str) -> bool:
     """Whether the .dockerignore beside the Dockerfile keeps `path` out of the build context."""
     verdict = False
-    for pattern in DOCKERIGNORE.read_text().splitlines():
-        pattern = pattern.strip()
+    for line in DOCKERIGNORE.read_text().splitlines():
+        pattern = line.strip()
         if not pattern or pattern.startswith("#"):
             continue
         negated = pattern.startswith("!")
@@ -127,7 +130,7 @@ def test_prometheus_scrapes_compose_services_and_grafana_loads_the_provisioned_f
     assert datasource["url"].removeprefix("http://").split(":")[0] in services
 
 
-def test_the_image_is_slim_non_root_and_checks_its_own_health(stages):
+def test_the_image_is_slim_non_root_runs_the_console_script_and_checks_its_own_health(stages):
     final = stages[-1]
     assert exec_form(arguments(final, "USER")[-1])[0].isdigit() and int(arguments(final, "USER")[-1]) > 0
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", DOCKERFILE.read_text(), re.MULTILINE)
@@ -137,7 +140,24 @@ def test_the_image_is_slim_non_root_and_checks_its_own_health(stages):
     healthcheck = arguments(final, "HEALTHCHECK")[0]
     assert "/app/healthcheck.py" in healthcheck
     assert any(args.split() == ["deploy/docker/healthcheck.py", "healthcheck.py"] for args in arguments(final, "COPY"))
-    assert exec_form(arguments(final, "CMD")[0])[:3] == ["python", "-m", "stack.run"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert exec_form(arguments(final, "CMD")[0]) == ["recsys-gateway"]
+    assert scripts["recsys-gateway"] == "gateway.__main__:main"
+
+
+def test_the_image_holds_the_package_and_only_the_package(stages):
+    """The build stage copies the packaged folders (pyproject's packages.find) and installs them; the final
+    stage gets the installed environment and the health check script, nothing of the repository's tools."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packaged = {name for name in include["include"] if "." not in name}
+    copied = {args.split()[0] for args in arguments(stages[0], "COPY")}
+    assert copied == packaged | {"requirements.lock"}, "plus pyproject.toml and README.md, copied with the lock"
+    assert "pip install --no-cache-dir -c requirements.lock ." in " ".join(arguments(stages[0], "RUN"))
+    final_sources = {args.split()[0] for args in arguments(stages[-1], "COPY")}
+    assert final_sources == {"--from=build", "deploy/docker/healthcheck.py"}
+    for lab in ("stack", "ops", "webui", "model_export", "training", "bench", "evaluation", "harness",
+                "catalog_sources", "tools", "tests"):
+        assert ignored(f"{lab}/__init__.py"), f"{lab}/ is not sent to the image build"
 
 
 def test_every_file_the_image_copies_exists_in_the_build_context(stages):
@@ -148,52 +168,16 @@ def test_every_file_the_image_copies_exists_in_the_build_context(stages):
             for source in args.split()[:-1]:
                 assert (ROOT / source).exists(), source
                 assert not ignored(source), f"{source} is excluded by {DOCKERIGNORE.name}"
-    assert ignored("gateway/api/recsys/v1/recsys_pb2.py"), "generated stubs come from the build stage"
 
 
-def test_the_image_installs_the_locked_serving_dependencies_the_tests_ran_with(stages):
-    run = " ".join(arguments(stages[0], "RUN"))
-    snippet = re.search(r'python -c "([^"]+)"', run)[1]
-    listed = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, check=True,
-                            timeout=30).stdout.split()
-    assert "-c requirements.lock -r runtime-requirements.txt" in run
+def test_the_package_depends_on_the_locked_versions_the_tests_ran_with():
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = lock_pins()
-    for requirement in map(Requirement, listed):
+    for requirement in map(Requirement, dependencies):
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{name} is not pinned in requirements.lock"
         assert requirement.specifier.contains(pins[name]) and version(name) == pins[name], name
-    assert "torch" not in {canonicalize_name(Requirement(line).name) for line in listed}
-
-
-def test_the_image_generates_the_stubs_with_the_makefile_command(stages):
-    makefile = (ROOT / "Makefile").read_text()
-    stubs_dir = re.search(r"^STUBS_DIR := (\S+)$", makefile, re.MULTILINE)[1]
-    assert re.search(r"^\t\$\(PY\) -m stack\.protos --out \$\(STUBS_DIR\)$", makefile, re.MULTILINE)
-    assert f"python -m stack.protos --out {stubs_dir}" in arguments(stages[0], "RUN")
-    assert "grpcio-tools" in lock_pins()
-
-
-def test_the_entry_point_runs_without_build_only_packages_and_its_modules_are_copied(stages):
-    build_only = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["build"]
-    build_dists = {canonicalize_name(Requirement(line).name) for line in build_only}
-    blocked = sorted(module for module, dists in packages_distributions().items()
-                     if {canonicalize_name(dist) for dist in dists} & build_dists)
-    assert {"torch", "grpc_tools", "pytriton"} <= set(blocked)
-    entry = exec_form(arguments(stages[-1], "CMD")[0])[2]
-    probe = ("import json, sys\n"
-             f"sys.modules.update(dict.fromkeys({blocked!r}))\n"  # None in sys.modules: the import fails
-             f"import {entry}\n"
-             "print(json.dumps(sorted(getattr(m, '__file__', None) or '' for m in list(sys.modules.values()))))")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    imported = {Path(file).relative_to(ROOT).as_posix() for file in json.loads(result.stdout)
-                if file.startswith(str(ROOT)) and "/.venv/" not in file}
-    copied = [args.split()[:-1] for args in arguments(stages[-1], "COPY")]
-    copied_paths = {source for sources in copied for source in sources if not source.startswith("--from")}
-    copied_paths.add("gateway/api")  # from the build stage
-    for module in imported:
-        assert any(module == path or module.startswith(path + "/") for path in copied_paths), module
+    assert "torch" not in {canonicalize_name(Requirement(line).name) for line in dependencies}
 
 
 async def healthcheck(target: str) -> subprocess.CompletedProcess[str]:
@@ -203,12 +187,11 @@ async def healthcheck(target: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_healthcheck_reports_a_serving_gateway_and_fails_without_one(triton_server, redis_server, tmp_path):
-    async with served_gateway(triton_server, redis_server, tmp_path) as served:
-        for _ in range(20):  # NOT_SERVING until the gateway's first backend check
-            healthy = await healthcheck(served.target)
-            if healthy.returncode == 0:
-                break
-            await asyncio.sleep(0.2)
+    settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url, data_dir=tmp_path)
+    async with in_process(settings, grace_s=1) as served:
+        async with grpc.aio.insecure_channel(served.target) as channel:
+            await wait_for_health(channel)  # NOT_SERVING until the gateway's first backend check
+        healthy = await healthcheck(served.target)
         assert healthy.returncode == 0, healthy.stderr
         assert "SERVING" in healthy.stdout
     nobody = await healthcheck(f"127.0.0.1:{free_port()}")

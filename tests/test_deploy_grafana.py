@@ -34,7 +34,7 @@ def test_dashboard_panels_are_well_formed_and_use_the_provisioned_datasource(pat
     for panel in panels:
         assert panel["type"] in PANEL_TYPES, panel["title"]
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= GRID_COLUMNS and grid["h"] > 0, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= GRID_COLUMNS and grid["h"] > 0, panel["title"]
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] in uids and panel["targets"], panel["title"]

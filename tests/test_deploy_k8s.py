@@ -1,7 +1,6 @@
 """deploy/k8s: rendered by kustomize, validated offline against the Kubernetes and Prometheus Operator
 schemas, checked for the properties the service relies on, and its gRPC probes asked of a real gateway."""
 
-import asyncio
 import copy
 import os
 import shutil
@@ -15,9 +14,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import Settings
+from harness.gateway import RunningGateway, in_process
+from harness.health import eventually
 from model_export.triton_config import ALLOCATOR_ENV
 from stack.redis import RedisServer
-from tests.gateway_fixtures import served_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -25,6 +26,7 @@ KUBERNETES_VERSION = "1.32"
 OPERATOR_API = "monitoring.coreos.com/v1"
 WORKLOADS = ("Deployment", "StatefulSet")
 SERVING = health_pb2.HealthCheckResponse.SERVING
+CHECK_TIMEOUT_S = 30.0  # backends are checked every 2 s; the bound only keeps a failure from hanging
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +172,11 @@ def test_services_and_monitors_reach_existing_pods_ports_and_alert_jobs(manifest
     workloads = [doc for doc in manifests if doc["kind"] in WORKLOADS]
     services = [doc for doc in manifests if doc["kind"] == "Service"]
     for service in services:
-        backing = [w for w in workloads if selects(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
+        backing = [w for w in workloads
+                   if selects(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
         assert backing, service["metadata"]["name"]
-        ports = {port["name"] for w in backing for c in w["spec"]["template"]["spec"]["containers"] for port in c["ports"]}
+        ports = {port["name"] for w in backing for c in w["spec"]["template"]["spec"]["containers"]
+                 for port in c["ports"]}
         assert {port["targetPort"] for port in service["spec"]["ports"]} <= ports, service["metadata"]["name"]
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "recsys.yml").read_text())
     target_down = next(rule for group in rules["groups"] for rule in group["rules"]
@@ -181,7 +185,8 @@ def test_services_and_monitors_reach_existing_pods_ports_and_alert_jobs(manifest
         selected = [s for s in services if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
         assert len(selected) == 1, monitor["metadata"]["name"]  # one Service: no target is scraped twice
         service = selected[0]
-        assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+        assert ({endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+                <= {p["name"] for p in service["spec"]["ports"]})
         assert service["metadata"]["name"] in target_down["expr"]  # the job label is the Service's name
 
 
@@ -203,6 +208,11 @@ async def serving(target: str, service: str) -> bool:
         return (await health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)).status == SERVING
 
 
+def dependency_up(served: RunningGateway, labels: dict[str, str]) -> float | None:
+    """The gateway's recsys_dependency_up for `labels`; None until it has first checked its backends."""
+    return served.metrics.registry.get_sample_value("recsys_dependency_up", labels)
+
+
 async def test_the_probes_ask_what_a_real_gateway_answers(manifests, triton_server, redis_server, tmp_path):
     """Readiness and liveness stay SERVING while Redis is down (answers degrade to visual only); the
     outage shows in recsys_dependency_up."""
@@ -211,16 +221,12 @@ async def test_the_probes_ask_what_a_real_gateway_answers(manifests, triton_serv
     liveness = container["livenessProbe"]["grpc"]["service"]
     history_up = {"dependency": "history"}
     for redis, redis_up in ((redis_server, True), (RedisServer(tmp_path / "never-started"), False)):
-        async with served_gateway(triton_server, redis, tmp_path / f"data-{redis_up}") as served:
-            sample = served.metrics.registry.get_sample_value
-            for _ in range(50):  # the gateway checks its backends at start, then every 2 s
-                if sample("recsys_dependency_up", history_up) is not None:
-                    break
-                await asyncio.sleep(0.1)
-            assert sample("recsys_dependency_up", history_up) == redis_up
-            for _ in range(50):  # the health status follows right after the check
-                if await serving(served.target, readiness):
-                    break
-                await asyncio.sleep(0.1)
-            assert await serving(served.target, readiness)
+        settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis.url,
+                            data_dir=tmp_path / f"data-{redis_up}")
+        async with in_process(settings, grace_s=1) as served:
+            # The gateway checks its backends at start, then every 2 s; the health status follows the check.
+            await eventually(lambda: dependency_up(served, history_up) is not None, CHECK_TIMEOUT_S,
+                             "the first backend check")
+            assert dependency_up(served, history_up) == redis_up
+            await eventually(lambda: serving(served.target, readiness), CHECK_TIMEOUT_S, "readiness SERVING")
             assert await serving(served.target, liveness)

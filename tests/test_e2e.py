@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,23 +17,23 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
-from prometheus_client import CollectorRegistry
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.catalog import open_catalog_store
+from catalog_sources.fashion_mnist import load_split
+from gateway.composition import Components
 from gateway.config import Settings
-from gateway.domain import ModelInfo, Unavailable
+from gateway.domain import ModelInfo, Unavailable, View
 from gateway.history import RedisHistory
-from gateway.fashion_mnist import load_split
-from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RecommendQuery
-from gateway.server import Gateway, open_pipeline, start_gateway
+from gateway.serving import Serving
+from harness.gateway import RunningGateway, in_process, over
+from harness.health import eventually
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
-from stack.run import index_demo_catalog
-from tests.gateway_fixtures import PATIENT_TIMEOUTS
+from tests.triton_fixtures import PATIENT_TIMEOUTS
 
 CATALOG_SIZE = 2000
+HEALTH_TIMEOUT_S = 30.0  # the first backend check runs at start; the bound only keeps a failure from hanging
 QUERIES = 100
 pytestmark = pytest.mark.slow
 
@@ -59,21 +59,16 @@ def catalog_ids_by_category():
 
 
 @pytest.fixture(scope="module")
-async def stack(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[tuple[Gateway, Metrics, Settings]]:
+async def stack(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[RunningGateway]:
     settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url,
                         data_dir=tmp_path_factory.mktemp("data"), **PATIENT_TIMEOUTS)
-    metrics = Metrics(CollectorRegistry())
-    async with open_pipeline(settings, metrics) as (pipeline, indexer):
-        await index_demo_catalog(indexer, CATALOG_SIZE, batch_size=16)
-        gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
-        yield gateway, metrics, settings
-        await gateway.stop(grace_s=1)
+    async with in_process(settings, CATALOG_SIZE, grace_s=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 async def channel(stack) -> AsyncIterator[grpc.aio.Channel]:
-    gateway, _, _ = stack
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+    async with grpc.aio.insecure_channel(stack.target) as channel:
         yield channel
 
 
@@ -118,7 +113,7 @@ async def test_views_of_one_category_move_it_up_for_that_user_only(recommender, 
     other = await recommend(recommender, image=query, user_id="shopper-b", limit=50)
 
     def bag_share(response: pb.RecommendResponse) -> float:
-        return np.mean([item.category == "Bag" for item in response.items[:20]])
+        return float(np.mean([item.category == "Bag" for item in response.items[:20]]))
 
     assert bag_share(after) > bag_share(before)
     assert bag_share(other) == bag_share(before)
@@ -145,7 +140,7 @@ async def test_history_only_and_product_id_queries(recommender, catalog_ids_by_c
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await recommend(recommender, product_id="no-such-product")
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "no-such-product" in error.value.details()
+    assert "no-such-product" in (error.value.details() or "")
 
 
 async def test_a_product_many_shoppers_view_moves_up_for_a_shopper_with_views(recommender,
@@ -252,7 +247,7 @@ async def test_upsert_of_a_bad_image_is_refused_with_the_product_named(channel):
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await catalog.UpsertProducts(stream(), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "broken" in error.value.details()
+    assert "broken" in (error.value.details() or "")
 
 
 async def test_history_is_newest_first_and_forget_user_empties_it(recommender):
@@ -284,12 +279,12 @@ async def test_record_view_of_an_unknown_product_is_not_found(recommender):
 
 async def test_health_is_serving_and_reflection_lists_both_services(channel):
     health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(50):
+
+    async def serving() -> bool:
         status = (await health.Check(health_pb2.HealthCheckRequest(service="recsys.v1.Recommender"))).status
-        if status == health_pb2.HealthCheckResponse.SERVING:
-            break
-        await asyncio.sleep(0.2)
-    assert status == health_pb2.HealthCheckResponse.SERVING
+        return status == health_pb2.HealthCheckResponse.SERVING
+
+    await eventually(serving, HEALTH_TIMEOUT_S, "the Recommender service SERVING")
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
     async def ask():
@@ -301,20 +296,19 @@ async def test_health_is_serving_and_reflection_lists_both_services(channel):
 
 
 async def test_grpcurl_calls_recommend_through_reflection(stack):
-    gateway, _, _ = stack
     grpcurl = Path(sys.executable).parent / "grpcurl"
     request = json.dumps({"product_id": "fmnist-train-000000", "limit": 3})
     result = await asyncio.to_thread(
-        subprocess.run, [str(grpcurl), "-plaintext", "-d", request, f"127.0.0.1:{gateway.port}",
+        subprocess.run, [str(grpcurl), "-plaintext", "-d", request, stack.target,
                          "recsys.v1.Recommender/Recommend"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["items"]) == 3
 
 
 async def test_metrics_record_stages_and_status_codes(stack, recommender, test_split, catalog_ids_by_category):
-    _, metrics, _ = stack
-    await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-e", product_id=catalog_ids_by_category["Bag"][0]),
-                                 timeout=5)
+    metrics = stack.metrics
+    viewed = pb.RecordViewRequest(user_id="shopper-e", product_id=catalog_ids_by_category["Bag"][0])
+    await recommender.RecordView(viewed, timeout=5)
     await recommend(recommender, image=png(test_split.images[2]), user_id="shopper-e")
     sample = metrics.registry.get_sample_value
     for stage in ("decode", "embed", "search", "history", "popularity", "rerank", "total"):
@@ -328,7 +322,7 @@ async def test_metrics_record_stages_and_status_codes(stack, recommender, test_s
 async def test_the_served_model_equals_in_process_torchscript(stack):
     import torch
 
-    gateway, _, _ = stack
+    gateway = stack.gateway
     images = np.stack([np.asarray(Image.fromarray(load_split("test").images[i]).convert("RGB").resize((224, 224)))
                        for i in range(4)])
     served = await gateway.pipeline.embedder.embed(images, timeout_s=30)
@@ -339,10 +333,10 @@ async def test_the_served_model_equals_in_process_torchscript(stack):
 
 
 async def test_without_redis_recommend_answers_visually_and_says_history_was_skipped(stack, test_split):
-    gateway, metrics, settings = stack
-    pipeline = gateway.pipeline
+    pipeline = stack.gateway.pipeline
     dead_redis = RedisHistory.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
-    degraded = Pipeline(pipeline.embedder, pipeline.catalog, dead_redis, settings, metrics, ThreadPoolExecutor(1))
+    degraded = Pipeline(pipeline.embedder, pipeline.catalog, dead_redis, stack.settings, stack.metrics,
+                        ThreadPoolExecutor(1))
     result = await degraded.recommend(RecommendQuery(user_id="shopper-f", image=png(test_split.images[3]), limit=5))
     assert result.degraded == ("history",)
     assert len(result.items) == 5
@@ -352,7 +346,7 @@ async def test_without_redis_recommend_answers_visually_and_says_history_was_ski
 
 
 async def test_a_readiness_check_cancelled_before_it_runs_leaves_no_coroutine_unawaited(stack):
-    gateway, _, _ = stack
+    gateway = stack.gateway
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check = asyncio.ensure_future(gateway.pipeline.ready())
@@ -368,7 +362,16 @@ async def test_a_readiness_check_cancelled_before_it_runs_leaves_no_coroutine_un
 class BrokenHistory:
     """A history store with a bug: the gateway must answer INTERNAL without leaking the details."""
 
-    async def recent(self, user_id: str, limit: int | None = None) -> list:
+    async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None:
+        raise RuntimeError("secret internal detail")
+
+    async def recent(self, user_id: str, limit: int | None = None) -> list[View]:
+        raise RuntimeError("secret internal detail")
+
+    async def popularity(self, product_ids: Sequence[str]) -> list[float]:
+        raise RuntimeError("secret internal detail")
+
+    async def forget(self, user_id: str) -> None:
         raise RuntimeError("secret internal detail")
 
     async def ping(self) -> None:
@@ -379,37 +382,29 @@ class BrokenHistory:
 
 
 async def test_unknown_errors_become_internal_with_a_generic_message(stack):
-    gateway, metrics, settings = stack
-    pipeline = Pipeline(gateway.pipeline.embedder, gateway.pipeline.catalog, BrokenHistory(), settings, metrics,
-                        ThreadPoolExecutor(1))
-    broken = await start_gateway(pipeline, gateway.indexer, settings, metrics, address="127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{broken.port}") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as error:
-                await pb_grpc.RecommenderStub(channel).GetHistory(pb.GetHistoryRequest(user_id="u"), timeout=5)
-    finally:
-        await broken.stop(grace_s=0)
+    gateway = stack.gateway
+    pipeline = Pipeline(gateway.pipeline.embedder, gateway.pipeline.catalog, BrokenHistory(), stack.settings,
+                        stack.metrics, ThreadPoolExecutor(1))
+    async with over(Serving(pipeline, gateway.indexer), stack.settings, stack.metrics) as broken, \
+            grpc.aio.insecure_channel(broken.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await pb_grpc.RecommenderStub(channel).GetHistory(pb.GetHistoryRequest(user_id="u"), timeout=5)
     assert error.value.code() == grpc.StatusCode.INTERNAL
-    assert "secret" not in error.value.details()
+    assert "secret" not in (error.value.details() or "")
 
 
 async def test_a_gateway_over_a_catalog_of_another_model_refuses_with_how_to_reindex(triton_server, redis_server,
                                                                                      tmp_path):
     settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url, data_dir=tmp_path)
-    store = open_catalog_store(None, tmp_path, settings.collection, timeout_s=1)
+    store = Components(settings).catalog_store(settings.collection)
     await store.open(ModelInfo("product_embedder", "7", "resnet50", 2048))
     await store.close()
-    metrics = Metrics(CollectorRegistry())
-    async with open_pipeline(settings, metrics) as (pipeline, indexer):
-        gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
-                with pytest.raises(grpc.aio.AioRpcError) as error:
-                    await pb_grpc.RecommenderStub(channel).Recommend(
-                        pb.RecommendRequest(product_id="fmnist-train-000001"), timeout=5)
-                health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        finally:
-            await gateway.stop(grace_s=0)
+    async with in_process(settings) as running, grpc.aio.insecure_channel(running.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await pb_grpc.RecommenderStub(channel).Recommend(
+                pb.RecommendRequest(product_id="fmnist-train-000001"), timeout=5)
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "resnet50" in error.value.details() and "make index RECREATE=1" in error.value.details()
+    details = error.value.details() or ""
+    assert "resnet50" in details and "make index RECREATE=1" in details
     assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING

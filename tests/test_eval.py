@@ -35,7 +35,7 @@ def test_every_served_version_is_measured_through_the_gateway_after_the_alias_mo
         assert version["model"].startswith(f"{MODEL_NAME}/{version['version']} ")
         served = version["served"]
         assert set(served) == {str(k) for k in QUICK.ks}
-        for k, values in served.items():
+        for values in served.values():
             assert 0 <= values["recall"] <= values["hit"] <= 1
             assert values["precision"] <= values["hit"]
         assert served["10"]["precision"] >= 0.5, "ImageNet features retrieve mostly the query's category"

@@ -3,10 +3,18 @@
 import numpy as np
 import pytest
 
-from evaluation.metrics import (confusion, histogram_quantile, metrics_at, most_confused, next_item_metrics,
-                                per_category, relevance, retrieval_metrics)
+from evaluation.metrics import (
+    confusion,
+    histogram_quantile,
+    metrics_at,
+    most_confused,
+    next_item_metrics,
+    per_category,
+    relevance,
+    retrieval_metrics,
+)
 from evaluation.personalisation import Popularity, Step, steps_of
-from evaluation.shoppers import Catalog, ShopperConfig, Shopper, simulate
+from evaluation.shoppers import Catalog, Shopper, ShopperConfig, simulate
 
 
 def test_retrieval_metrics_on_a_worked_example() -> None:
@@ -32,7 +40,7 @@ def test_per_category_and_confusion() -> None:
     assert by_category["a"]["precision"] == 0.75 and by_category["b"]["precision"] == 0.0
     assert "c" not in by_category
     matrix = confusion(query_labels, results, 2, 3)
-    np.testing.assert_allclose(matrix, [[0.75, 0.25, 0], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(matrix, [[0.75, 0.25, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     assert most_confused(matrix, ["a", "b", "c"], 2) == [("b", "a", 1.0), ("a", "b", 0.25)]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.fashion_mnist import CLASS_NAMES, default_dir, load_split
+from catalog_sources.fashion_mnist import CLASS_NAMES, Split, default_dir, load_split
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -40,7 +40,8 @@ def write_test_split(
 
 
 def test_the_installed_splits_have_the_official_sizes_and_labels() -> None:
-    for split, size in (("train", 60_000), ("test", 10_000)):
+    sizes: dict[Split, int] = {"train": 60_000, "test": 10_000}
+    for split, size in sizes.items():
         data = load_split(split, SYSTEM_DIR)
         assert len(data) == size
         assert data.images.shape == (size, 28, 28) and data.images.dtype == np.uint8

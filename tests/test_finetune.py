@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import training.data
+from catalog_sources.fashion_mnist import FashionMnistSplit, Split
 from model_export.export import MAX_EXPORT_DEVIATION
 from model_export.triton_config import IMAGE_SIZE
 from training.card import CARD_JSON, CARD_MARKDOWN, export_version
@@ -42,8 +43,13 @@ def splits_read() -> list[str]:
 def quick_run(tmp_path_factory: pytest.TempPathFactory, splits_read: list[str]) -> tuple[FinetuneResult, Path]:
     """A quick fine-tune, recording which Fashion-MNIST splits it reads; (result, feature cache folder)."""
     original = training.data.load_split
+
+    def recording_load_split(split: Split) -> FashionMnistSplit:
+        splits_read.append(split)
+        return original(split)
+
     patch = pytest.MonkeyPatch()
-    patch.setattr(training.data, "load_split", lambda split: splits_read.append(split) or original(split))
+    patch.setattr(training.data, "load_split", recording_load_split)
     try:
         cache = tmp_path_factory.mktemp("features")
         return finetune(QUICK, cache), cache

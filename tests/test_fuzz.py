@@ -19,10 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
 from gateway.domain import InvalidArgument
 from gateway.images import IMAGE_SIZE, preprocess
-from tests.reliability_fixtures import SERVING, Running, running_gateway, tiny_settings, wait_for_health
+from harness.gateway import RunningGateway, in_process
+from harness.health import SERVING, wait_for_health
+from recsys_api.v1 import recsys_pb2 as pb
+from tests.triton_fixtures import TINY_CATALOG_SIZE, tiny_settings
 
 FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "8"))
 EXAMPLE_DEADLINE_MS = 5000
@@ -64,16 +66,19 @@ mutation = st.one_of(
 )
 
 
-def mutate(data: bytes, mutations: list[tuple[str, int, object]]) -> bytes:
+def mutate(data: bytes, mutations: list[tuple[str, int, bytes | int]]) -> bytes:
     """Applies byte edits; `number` writes an interesting 32-bit value where headers keep their sizes."""
     out = bytearray(data)
     for kind, position, value in mutations:
         at = position % max(1, len(out))
         if kind == "set":
+            assert isinstance(value, bytes)
             out[at:at + len(value)] = value
         elif kind == "insert":
+            assert isinstance(value, bytes)
             out[at:at] = value
         elif kind == "delete":
+            assert isinstance(value, int)
             del out[at:at + value]
         elif kind == "number":
             out[at:at + 4] = struct.pack(">I" if position % 2 else "<I", value)
@@ -112,9 +117,9 @@ def test_image_decoding_only_ever_returns_model_input_or_refuses():
 
 
 @pytest.fixture(scope="module")
-async def running(tiny_triton, redis_server, tmp_path_factory) -> AsyncIterator[Running]:
-    async with running_gateway(tiny_settings(tiny_triton.grpc_url, redis_server.url,
-                                             tmp_path_factory.mktemp("data"))) as running:
+async def running(tiny_triton, redis_server, tmp_path_factory) -> AsyncIterator[RunningGateway]:
+    async with in_process(tiny_settings(tiny_triton.grpc_url, redis_server.url, tmp_path_factory.mktemp("data")),
+                          TINY_CATALOG_SIZE) as running:
         yield running
 
 
@@ -126,7 +131,7 @@ REQUEST_TYPES = {
     "/recsys.v1.Recommender/ForgetUser": pb.ForgetUserRequest,
     "/recsys.v1.Catalog/DeleteProducts": pb.DeleteProductsRequest,
 }
-text = st.one_of(st.text(st.characters(exclude_categories=("Cs",)), max_size=300),
+text = st.one_of(st.text(st.characters(exclude_categories=["Cs"]), max_size=300),
                  st.sampled_from(["fmnist-train-000001", "fmnist-train-000002", "Bag", "Coat", ""]))
 recommend_requests = st.builds(
     lambda query, user, limit, categories: pb.RecommendRequest(**query, user_id=user, limit=limit,
@@ -161,7 +166,8 @@ async def test_request_parsing_through_the_server_answers_only_documented_status
             def answer(request: tuple[str, bytes]) -> None:
                 method, body = request
                 try:
-                    channel.unary_unary(method)(body, timeout=10)
+                    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)  # bytes as they are
+                    call(body, timeout=10)
                     code = grpc.StatusCode.OK
                 except grpc.RpcError as error:
                     code = error.code()

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from catalog_sources.fashion_mnist import load_split
+from gateway.config import Settings
 from gateway.domain import ModelInfo
-from gateway.fashion_mnist import load_split
 from gateway.images import encode_png
-from tests.gateway_fixtures import catalog_behind_alias
+from harness.gateway import served_catalog
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ModelInfo("product_embedder", "1", "efficientnet_lite0", 1280)
 
 
-def index_folder(csv_path: Path, data_dir: Path, triton_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_URL": triton_url, "REDIS_URL": redis_url,
-           "DATA_DIR": str(data_dir)}
-    return subprocess.run([sys.executable, "-m", "stack.run", "index", "folder", "--csv", str(csv_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def index_folder(csv_path: Path, data_dir: Path, triton_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_URL": triton_url, "DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "ops.index", "folder", "--csv", str(csv_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture
@@ -47,19 +47,19 @@ def product_folder(tmp_path: Path) -> Path:
 
 
 async def test_folder_ingestion_skips_bad_files_and_resumes_without_duplicates(product_folder, tmp_path,
-                                                                                triton_server, redis_server):
+                                                                                triton_server):
     data_dir = tmp_path / "data"
-    first = index_folder(product_folder, data_dir, triton_server.grpc_url, redis_server.url)
+    first = index_folder(product_folder, data_dir, triton_server.grpc_url)
     assert first.returncode == 0, first.stderr
     assert "skipped sku-corrupt: image could not be decoded" in first.stderr
     assert "skipped sku-missing: cannot read images/missing.png" in first.stderr
     assert "4 stored, 0 already present, 2 skipped" in first.stderr
 
-    again = index_folder(product_folder, data_dir, triton_server.grpc_url, redis_server.url)
+    again = index_folder(product_folder, data_dir, triton_server.grpc_url)
     assert again.returncode == 0, again.stderr
     assert "0 stored, 4 already present, 2 skipped" in again.stderr
 
-    catalog = await catalog_behind_alias(data_dir / "qdrant")
+    catalog = await served_catalog(Settings(data_dir=data_dir))
     await catalog.open(MODEL)
     try:
         assert await catalog.count() == 4

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format, message_factory
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from tests.gateway_fixtures import PATIENT_TIMEOUTS, ServedGateway, served_gateway
+from gateway.config import Settings
+from harness.gateway import RunningGateway, in_process
+from recsys_api.v1 import recsys_pb2 as pb
+from tests.triton_fixtures import PATIENT_TIMEOUTS
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD = ROOT / "deploy" / "load"
@@ -33,9 +35,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-async def served(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[ServedGateway]:
-    async with served_gateway(triton_server, redis_server, tmp_path_factory.mktemp("data"), CATALOG_SIZE,
-                              **PATIENT_TIMEOUTS) as served:
+async def served(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[RunningGateway]:
+    settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url,
+                        data_dir=tmp_path_factory.mktemp("data"), **PATIENT_TIMEOUTS)
+    async with in_process(settings, CATALOG_SIZE, metrics_endpoint=True, grace_s=1) as served:
         yield served
 
 

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from model_export.efficientnet_lite import EfficientNetLite0, same_conv2d, same_padding
-from model_export.embedding import (RESNET50_WEIGHTS_ENV, MissingWeightsError, build_embedding_model,
-                                    find_efficientnet_lite0_weights, read_checkpoint, resnet50_architecture)
+from model_export.embedding import (
+    RESNET50_WEIGHTS_ENV,
+    MissingWeightsError,
+    build_embedding_model,
+    find_efficientnet_lite0_weights,
+    read_checkpoint,
+    resnet50_architecture,
+)
 from model_export.export import export_model, probe_images, to_torchscript, write_atomically
 
 pytestmark = [
@@ -28,7 +34,7 @@ def run_python(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     """``python <args>`` from the repository root with the project importable, output captured."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **env}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=environment, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def export_cli(repository: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -106,7 +112,8 @@ def test_efficientnet_checkpoint_loads_strictly() -> None:
     result = EfficientNetLite0(224).load_state_dict(checkpoint, strict=True)
     assert (result.missing_keys, result.unexpected_keys) == ([], [])
     trunk = build_embedding_model("efficientnet_lite0").trunk
-    assert torch.equal(trunk._blocks[15]._project_conv.weight, checkpoint["_blocks.15._project_conv.weight"])
+    assert torch.equal(trunk.get_parameter("_blocks.15._project_conv.weight"),
+                       checkpoint["_blocks.15._project_conv.weight"])
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding"), [
@@ -164,14 +171,14 @@ def test_resnet50_weights_named_by_the_environment_are_loaded(monkeypatch: pytes
     torch.save(state, weights)
     monkeypatch.setenv(RESNET50_WEIGHTS_ENV, str(weights))
     trunk = build_embedding_model("resnet50").trunk
-    assert torch.equal(trunk[0].weight, state["conv1.weight"])
-    assert torch.equal(trunk[7][2].bn3.running_var, state["layer4.2.bn3.running_var"])
+    assert torch.equal(trunk.get_parameter("0.weight"), state["conv1.weight"])
+    assert torch.equal(trunk.get_buffer("7.2.bn3.running_var"), state["layer4.2.bn3.running_var"])
 
 
 def test_resnet50_weights_variable_naming_no_file_is_an_error(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     monkeypatch.setenv(RESNET50_WEIGHTS_ENV, str(tmp_path / "missing.pth"))
-    with pytest.raises(MissingWeightsError, match="missing.pth is not a file"):
+    with pytest.raises(MissingWeightsError, match=r"missing.pth is not a file"):
         build_embedding_model("resnet50")
 
 

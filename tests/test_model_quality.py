@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gateway.fashion_mnist import load_split
+from catalog_sources.fashion_mnist import load_split
 from model_export.embedding import DEFAULT_BACKBONE
 from model_export.export import export_model
 from model_export.triton_config import IMAGE_SIZE

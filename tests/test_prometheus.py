@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -22,11 +23,14 @@ import httpx
 import pytest
 import yaml
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from gateway.config import Settings
+from harness.gateway import RunningGateway, in_process
+from harness.health import eventually
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
 from stack.redis import RedisServer
-from tests.gateway_fixtures import PATIENT_TIMEOUTS, ServedGateway, served_gateway
+from tests.triton_fixtures import PATIENT_TIMEOUTS
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -73,7 +77,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["promtool", *args], check=False, capture_output=True, text=True, timeout=60)
 
 
-def local_config(served: ServedGateway, triton_metrics: str, prometheus_port: int) -> dict:
+def local_config(served: RunningGateway, triton_metrics: str, prometheus_port: int) -> dict:
     """deploy/prometheus/prometheus.yml with this machine's targets, 1 s intervals and absolute rule paths."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
@@ -96,9 +100,10 @@ def redis(tmp_path_factory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-async def served(triton_server, redis, tmp_path_factory) -> AsyncIterator[ServedGateway]:
-    async with served_gateway(triton_server, redis, tmp_path_factory.mktemp("data"), CATALOG_SIZE,
-                              **PATIENT_TIMEOUTS) as served:
+async def served(triton_server, redis, tmp_path_factory) -> AsyncIterator[RunningGateway]:
+    settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis.url,
+                        data_dir=tmp_path_factory.mktemp("data"), **PATIENT_TIMEOUTS)
+    async with in_process(settings, CATALOG_SIZE, metrics_endpoint=True, grace_s=1) as served:
         yield served
 
 
@@ -242,9 +247,19 @@ async def test_every_rule_is_healthy_and_every_alert_signal_has_data(prometheus)
         match = ALERT.match(rule["query"].strip())
         assert match, f"{rule['name']} must read '<signal> <comparison> <threshold>': {rule['query']}"
         await prometheus.eventually(match["signal"])
-    await asyncio.sleep(2)  # a few evaluations with data
+    data_seen = datetime.now(UTC)
+
+    async def evaluated_since_the_data() -> bool:
+        return all(evaluated_at(rule) > data_seen for rule in await prometheus.rules())
+
+    await eventually(evaluated_since_the_data, DATA_DEADLINE_S, "every rule's evaluation over the data")
     for rule in await prometheus.rules():
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
+
+
+def evaluated_at(rule: dict) -> datetime:
+    """When Prometheus last evaluated a rule (its RFC 3339 time, nanoseconds cut to what datetime holds)."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", rule["lastEvaluation"]).replace("Z", "+00:00"))
 
 
 async def test_a_healthy_stack_raises_no_availability_alert(prometheus):

@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import replace
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -16,6 +17,17 @@ Scenario = tuple[list[Candidate], list[HistoryItem], dict[str, np.ndarray]]
 # Half the default number of examples keeps the module fast on a busy 2-core machine; no deadline, as
 # timings there vary.
 few_examples = settings(max_examples=50, deadline=None)
+DEFAULT_WEIGHTS = Weights()
+
+
+class NumericWeights(TypedDict, total=False):
+    """Keyword arguments of Weights that take numbers."""
+
+    visual: float
+    history: float
+    category: float
+    popularity: float
+    half_life_views: float
 
 
 def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
@@ -23,7 +35,7 @@ def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
     return st.lists(st.integers(-3, 3), min_size=dim, max_size=dim).map(lambda v: np.array(v, np.float32))
 
 
-def taste_similarity(vector: np.ndarray, history: list[HistoryItem], weights: Weights = Weights()) -> float:
+def taste_similarity(vector: np.ndarray, history: list[HistoryItem], weights: Weights = DEFAULT_WEIGHTS) -> float:
     """What a vector search gives the ranker: the cosine similarity to the history vector, 0 without one."""
     taste = taste_of(history, weights).vector
     return 0.0 if taste is None else cosine(vector, taste)
@@ -258,7 +270,7 @@ def test_taste_vector_leans_to_recent_views() -> None:
     ({"popularity": -1.0}, "weight popularity must be a finite number >= 0"),
     ({"half_life_views": 0.0}, "half_life_views must be a finite number > 0"),
 ])
-def test_invalid_weights_are_rejected(fields: dict[str, float], message: str) -> None:
+def test_invalid_weights_are_rejected(fields: NumericWeights, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Weights(**fields)
 

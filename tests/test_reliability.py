@@ -13,23 +13,27 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.catalog import open_catalog_store
+from catalog_sources.fashion_mnist import load_split
+from gateway.composition import Components
+from gateway.config import Settings
 from gateway.domain import ModelInfo, Unavailable
-from gateway.fashion_mnist import load_split
 from gateway.images import encode_png
-from stack.load import Outcome, closed_loop, timed
+from harness.gateway import RunningGateway, in_process
+from harness.health import NOT_SERVING, SERVING, eventually, wait_for_health
+from harness.load import Outcome, closed_loop, timed
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
 from stack.redis import RedisServer
 from stack.triton import TritonServer
-from tests.reliability_fixtures import NOT_SERVING, SERVING, Running, running_gateway, tiny_settings, wait_for_health
-from tests.triton_fixtures import start_triton
+from tests.triton_fixtures import TINY_CATALOG_SIZE, start_triton, tiny_settings
 
 pytestmark = pytest.mark.slow
 PRODUCT = "fmnist-train-000003"
-RECOVERY_BOUND_S = 5.0
-FAST_S = 2.0  # well below the 5 s request timeout, with room for a machine shared with other work
+# Recovery after a backend returns: the Triton channel retries with a backoff capped at 1 s and Redis connections
+# are retried on the next call, so seconds are plenty; the bound only keeps a broken recovery from hanging.
+RECOVERY_BOUND_S = 10.0
+PHASE_TIMEOUT_S = 60.0  # a bound for each phase of a load test, far above what it takes
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +51,9 @@ def own_triton(tiny_repository) -> Iterator[TritonServer]:
 
 
 @pytest.fixture(scope="module")
-async def running(own_triton, own_redis, tmp_path_factory) -> AsyncIterator[Running]:
+async def running(own_triton, own_redis, tmp_path_factory) -> AsyncIterator[RunningGateway]:
     settings = tiny_settings(own_triton.grpc_url, own_redis.url, tmp_path_factory.mktemp("data"))
-    async with running_gateway(settings) as running:
+    async with in_process(settings, TINY_CATALOG_SIZE) as running:
         yield running
 
 
@@ -85,36 +89,46 @@ async def until_ok(send, bound_s: float = RECOVERY_BOUND_S) -> float:
 
 
 async def test_redis_stopped_mid_load_degrades_recommend_fails_record_view_and_both_recover(
-        channel, own_redis, photo):
+        channel, running, own_redis, photo):
     stub = recommender(channel)
     outcomes: list[Outcome] = []
 
-    async def recommend_and_record() -> Outcome:
+    async def recommend_and_record(number: int) -> Outcome:
         pair = await asyncio.gather(
             timed("recommend", stub.Recommend(pb.RecommendRequest(image=photo, user_id="u-redis"), timeout=5)),
             timed("view", stub.RecordView(pb.RecordViewRequest(user_id="u-redis", product_id=PRODUCT), timeout=5)))
         outcomes.extend(pair)
         return pair[0]
 
-    load = asyncio.create_task(closed_loop(recommend_and_record, workers=3, seconds=6))
-    await asyncio.sleep(1)
-    await asyncio.to_thread(own_redis.stop)
-    down = time.monotonic()
-    await asyncio.sleep(1.5)
-    assert await health_of(channel) == SERVING, "a history outage leaves image queries served"
-    back = time.monotonic()
-    await asyncio.to_thread(own_redis.start)
-    up = time.monotonic()
-    await load
+    def answered_since(at: float, kind: str, healthy: bool) -> int:
+        return sum(o.started > at and o.kind == kind and (o.ok and not o.degraded) == healthy for o in outcomes)
+
+    done = asyncio.Event()
+    load = asyncio.create_task(closed_loop(recommend_and_record, workers=3, seconds=3 * PHASE_TIMEOUT_S, stop=done))
+    try:
+        await eventually(lambda: answered_since(0, "view", healthy=True) >= 3, PHASE_TIMEOUT_S, "views recorded")
+        await asyncio.to_thread(own_redis.stop)
+        down = time.monotonic()
+        await eventually(lambda: min(answered_since(down, "recommend", False), answered_since(down, "view", False))
+                         >= 3, PHASE_TIMEOUT_S, "requests answered while Redis is down")
+        assert await health_of(channel) == SERVING, "a history outage leaves image queries served"
+        back = time.monotonic()
+        await asyncio.to_thread(own_redis.start)
+        up = time.monotonic()
+        await eventually(lambda: answered_since(up, "view", healthy=True) >= 3, PHASE_TIMEOUT_S,
+                         "views recorded after the restart")
+    finally:
+        done.set()
+        await load
 
     assert {o.code for o in outcomes} <= {"OK", "UNAVAILABLE"}, {o.code for o in outcomes}
     during = [o for o in outcomes if o.started > down and o.ended < back]
     recommends = [o for o in during if o.kind == "recommend"]
     views = [o for o in during if o.kind == "view"]
-    assert recommends and all(o.code == "OK" and o.degraded == ("history",) for o in recommends)
+    assert recommends and all(o.ok and o.degraded == ("history",) for o in recommends)
     assert views and all(o.code == "UNAVAILABLE" for o in views), "a view is never acknowledged without Redis"
-    assert max(o.seconds for o in during) < FAST_S, "failures are fast"
-    last_failure = max(o.ended for o in outcomes if o.code != "OK" or o.degraded)
+    assert max(o.seconds for o in during) < running.settings.request_timeout_s, "answered within the request budget"
+    last_failure = max(o.ended for o in outcomes if not o.ok or o.degraded)
     recovery_s = max(0.0, last_failure - up)
     print(f"Redis down {back - down:.1f} s: {len(recommends)} degraded recommendations, {len(views)} refused views; "
           f"restart took {up - back:.2f} s, the gateway recovered {recovery_s:.2f} s after")
@@ -123,14 +137,15 @@ async def test_redis_stopped_mid_load_degrades_recommend_fails_record_view_and_b
 
 
 async def test_triton_stopped_fails_image_queries_fast_flips_health_and_recovers_without_a_restart(
-        channel, own_triton, photo):
+        channel, running, own_triton, photo):
     stub = recommender(channel)
     await stub.RecordView(pb.RecordViewRequest(user_id="u-triton", product_id=PRODUCT), timeout=5)
     stopping = time.monotonic()
     await asyncio.to_thread(own_triton.stop)
     stop_s = time.monotonic() - stopping
     image_query = await timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=10))
-    assert image_query.code == "UNAVAILABLE" and image_query.seconds < 1.0, image_query
+    assert image_query.code == "UNAVAILABLE", image_query
+    assert image_query.seconds < running.settings.embed_timeout_s, "it fails without waiting out its budget"
     await wait_for_health(channel, NOT_SERVING, timeout_s=10)
     not_serving_s = time.monotonic() - stopping
     by_product = await stub.Recommend(pb.RecommendRequest(product_id=PRODUCT, limit=5), timeout=5)
@@ -138,7 +153,7 @@ async def test_triton_stopped_fails_image_queries_fast_flips_health_and_recovers
     assert len(by_product.items) == 5 and len(by_history.items) == 5
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.Recommend(pb.RecommendRequest(image=photo), timeout=10)
-    assert "Triton" in error.value.details()
+    assert "Triton" in (error.value.details() or "")
 
     started = time.monotonic()
     await asyncio.to_thread(own_triton.start)
@@ -146,12 +161,13 @@ async def test_triton_stopped_fails_image_queries_fast_flips_health_and_recovers
     recovery_s = await until_ok(lambda: timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=5)))
     serving_s = await wait_for_health(channel, SERVING)
     print(f"Triton stopped (SIGTERM, {stop_s:.1f} s): image query failed in {image_query.seconds * 1000:.0f} ms, "
-          f"health NOT_SERVING {not_serving_s:.1f} s after the stop began; Triton restart {restart_s:.1f} s, image queries back {recovery_s:.2f} s and "
+          f"health NOT_SERVING {not_serving_s:.1f} s after the stop began; Triton restart {restart_s:.1f} s, "
+          f"image queries back {recovery_s:.2f} s and "
           f"health SERVING {serving_s:.2f} s after it was ready")
 
 
 async def test_a_hung_redis_costs_recommend_its_history_budget_only_and_record_view_fails_fast(
-        channel, own_redis, photo):
+        channel, running, own_redis, photo):
     stub = recommender(channel)
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
@@ -161,8 +177,9 @@ async def test_a_hung_redis_costs_recommend_its_history_budget_only_and_record_v
                                                    timeout=5))
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
-    assert recommend.code == "OK" and recommend.degraded == ("history",) and recommend.seconds < FAST_S, recommend
-    assert view.code == "UNAVAILABLE" and view.seconds < FAST_S, view
+    request_budget_s = running.settings.request_timeout_s
+    assert recommend.ok and recommend.degraded == ("history",) and recommend.seconds < request_budget_s, recommend
+    assert view.code == "UNAVAILABLE" and view.seconds < request_budget_s, view
     await until_ok(lambda: timed("view", stub.RecordView(pb.RecordViewRequest(user_id="u-slow", product_id=PRODUCT),
                                                          timeout=5)))
 
@@ -171,23 +188,23 @@ async def test_a_hung_triton_is_bounded_by_the_callers_deadline_and_cancellation
         channel, running, own_triton, photo):
     stub = recommender(channel)
     in_flight = {"work": "image queries"}
+    embed_timeout_s, request_timeout_s = running.settings.embed_timeout_s, running.settings.request_timeout_s
     os.kill(own_triton.pid, signal.SIGSTOP)
     try:
         short = await timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=0.5))
         capped = await timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=30))
         calls = [stub.Recommend(pb.RecommendRequest(image=photo), timeout=30) for _ in range(4)]
-        await asyncio.sleep(0.3)
-        assert running.sample("recsys_in_flight", in_flight) == 4
+        await eventually(lambda: running.sample("recsys_in_flight", in_flight) == 4, embed_timeout_s,
+                         "four image queries in progress")
         for call in calls:
             call.cancel()
-        await asyncio.sleep(0.3)
-        assert running.sample("recsys_in_flight", in_flight) == 0, "cancelled calls stop their work"
+        await eventually(lambda: running.sample("recsys_in_flight", in_flight) == 0, embed_timeout_s,
+                         "cancelled calls stopping their work")
         assert running.sample("recsys_requests_total", {"method": "Recommend", "code": "CANCELLED"}) >= 4
     finally:
         os.kill(own_triton.pid, signal.SIGCONT)
-    assert short.code == "DEADLINE_EXCEEDED" and short.seconds < 0.8, short
-    embed_timeout_s = running.settings.embed_timeout_s
-    assert capped.code == "DEADLINE_EXCEEDED" and embed_timeout_s <= capped.seconds < embed_timeout_s + 1, capped
+    assert short.code == "DEADLINE_EXCEEDED" and short.seconds < embed_timeout_s, "the caller's deadline, not ours"
+    assert capped.code == "DEADLINE_EXCEEDED" and embed_timeout_s <= capped.seconds < request_timeout_s, capped
     await until_ok(lambda: timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=5)))
 
 
@@ -229,11 +246,12 @@ async def test_a_qdrant_url_that_refuses_or_never_answers_is_unavailable_with_a_
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         for url in (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{silent.getsockname()[1]}"):
-            store = open_catalog_store(url, tmp_path, "products", timeout_s=1)
+            settings = Settings(qdrant_url=url, data_dir=tmp_path, search_timeout_s=1)
+            store = Components(settings).catalog_store("products")
             started = time.monotonic()
-            with pytest.raises(Unavailable, match="Qdrant cannot be reached .check QDRANT_URL"):
+            with pytest.raises(Unavailable, match=r"Qdrant cannot be reached .check QDRANT_URL"):
                 await store.open(model)
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < settings.request_timeout_s, "the search budget bounds it"
             await store.close()
 
 
@@ -243,7 +261,7 @@ async def test_graceful_shutdown_under_load_finishes_in_flight_refuses_new_and_f
     taken up (on a busy machine gRPC can hold a few) is cancelled by gRPC's shutdown before it reaches
     the gateway: the server's own count of requests shows that none it started was cut off."""
     settings = tiny_settings(tiny_triton.grpc_url, redis_server.url, tmp_path)
-    async with running_gateway(settings) as running:
+    async with in_process(settings, TINY_CATALOG_SIZE) as running:
         async with grpc.aio.insecure_channel(running.target) as channel:
             await wait_for_health(channel, SERVING)
             statuses: list[tuple[float, int]] = []
@@ -254,23 +272,38 @@ async def test_graceful_shutdown_under_load_finishes_in_flight_refuses_new_and_f
 
             watcher = asyncio.create_task(watch())
             stub = recommender(channel)
-            send = lambda: timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=10))  # noqa: E731
-            load = asyncio.create_task(closed_loop(send, workers=8, seconds=1.3))
-            await asyncio.sleep(1)
-            deadline = time.monotonic() + 2  # stop at an instant when the server has requests in progress
-            while not (in_progress := running.sample("recsys_in_flight", {"work": "requests"})) \
-                    and time.monotonic() < deadline:
-                await asyncio.sleep(0.001)
-            stop_called = time.monotonic()
-            await running.gateway.stop(grace_s=5)
-            stopped = time.monotonic()
-            outcomes = await load
-            watcher.cancel()
+            outcomes: list[Outcome] = []
+
+            async def send(number: int) -> Outcome:
+                outcomes.append(await timed("image", stub.Recommend(pb.RecommendRequest(image=photo), timeout=10)))
+                return outcomes[-1]
+
+            done = asyncio.Event()
+            load = asyncio.create_task(closed_loop(send, workers=8, seconds=3 * PHASE_TIMEOUT_S, stop=done))
+            try:
+                await eventually(lambda: sum(o.ok for o in outcomes) >= 8, PHASE_TIMEOUT_S, "image queries answered")
+                in_progress = 0.0
+
+                def requests_in_progress() -> bool:
+                    nonlocal in_progress
+                    in_progress = running.sample("recsys_in_flight", {"work": "requests"})
+                    return in_progress > 0
+
+                await eventually(requests_in_progress, PHASE_TIMEOUT_S, "requests in progress")  # stop then
+                stop_called = time.monotonic()
+                await running.gateway.stop(grace_s=5)
+                stopped = time.monotonic()
+                await eventually(lambda: any(o.started >= stop_called for o in outcomes), PHASE_TIMEOUT_S,
+                                 "a request sent after the stop")
+            finally:
+                done.set()
+                await load
+                watcher.cancel()
 
     served = {code: running.sample("recsys_requests_total", {"method": "Recommend", "code": code})
               for code in ("OK", "CANCELLED")}
     flipped = min(at for at, status in statuses if status == NOT_SERVING)
-    finished = [o for o in outcomes if o.code == "OK" and o.ended > stop_called]
+    finished = [o for o in outcomes if o.ok and o.ended > stop_called]
     refused = [o for o in outcomes if o.code != "OK"]
     new_refused = [o for o in refused if o.started >= stop_called]
     print(f"shutdown: {in_progress:.0f} in progress, {len(finished)} finished after stop was called, "

@@ -10,23 +10,24 @@ from pathlib import Path
 import grpc
 import pytest
 from PIL import Image
-from prometheus_client import CollectorRegistry
 from qdrant_client import AsyncQdrantClient
 from tritonclient.grpc import InferenceServerClient
 
-from gateway import sources
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.catalog import CatalogAliases, EdgeAliases, EdgeCatalog, QdrantClientCatalog
+from catalog_sources import products as sources
+from catalog_sources.fashion_mnist import load_split
+from gateway.catalog import CatalogAliases, CatalogStore, EdgeAliases, EdgeCatalog, QdrantClientCatalog
 from gateway.catalog.aliases import ServerAliases, versioned_collection
+from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import ModelInfo
-from gateway.fashion_mnist import load_split
-from gateway.metrics import Metrics
-from gateway.server import open_pipeline, start_gateway
-from model_export.triton_config import render_config
 from gateway.serving import follow_alias, serving_target
-from stack.rollout import previous_collection, roll_back, roll_out
+from harness.gateway import in_process
+from harness.health import eventually
+from model_export.triton_config import render_config
+from ops.index import Source
+from ops.rollout import previous_collection, roll_back, roll_out
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.triton import TritonServer, add_new_versions, derive_local_repository
 from tests.model_versions import MODEL_NAME, export_stand_in, two_version_repository
 from tests.triton_fixtures import MODEL_REPOSITORY, start_triton, with_versions
@@ -36,6 +37,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Payload indexes have no effect 
 
 CATALOG_SIZE = 40
 QUERY_PRODUCT = 3
+SWITCH_TIMEOUT_S = 60.0  # the alias is polled every 0.2 s here; the bound only keeps a broken switch from hanging
 
 
 def model(version: str) -> ModelInfo:
@@ -47,7 +49,7 @@ async def aliases(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """Each backend's aliases, with collections products-v1 and products-v2 built with those versions."""
     if request.param == "edge":
         found: CatalogAliases = EdgeAliases(tmp_path)
-        stores = [EdgeCatalog(tmp_path, versioned_collection("products", v)) for v in ("1", "2")]
+        stores: list[CatalogStore] = [EdgeCatalog(tmp_path, versioned_collection("products", v)) for v in ("1", "2")]
     else:
         client = AsyncQdrantClient(location=":memory:")
         found = ServerAliases(client)
@@ -120,7 +122,7 @@ def test_a_polling_tritonserver_loads_a_version_exported_while_it_runs_and_keeps
         deadline = time.monotonic() + 120
         while not client.is_model_ready(MODEL_NAME, "2") and time.monotonic() < deadline:
             assert client.is_model_ready(MODEL_NAME, "1")
-            time.sleep(0.5)
+            time.sleep(0.5)  # the server polls its repository every second
         assert client.is_model_ready(MODEL_NAME, "2")
         assert client.is_model_ready(MODEL_NAME, "1")
         client.close()
@@ -134,7 +136,7 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSer
     server.stop()
 
 
-def catalog_source() -> tuple[int, Iterator[sources.NewProduct]]:
+def catalog_source() -> Source:
     return sources.fashion_mnist("train", limit=CATALOG_SIZE)
 
 
@@ -151,36 +153,30 @@ async def test_rollout_and_rollback_switch_the_served_version_without_a_failed_o
     # test is about which version answers, not how fast.
     settings = Settings(triton_url=two_versions.grpc_url, redis_url=redis_server.url, data_dir=tmp_path,
                         embed_timeout_s=60.0, request_timeout_s=60.0)
-    assert await roll_out(settings, "1", *catalog_source(), batch_size=16) == "products-v1"
+    assert await roll_out(settings, "1", catalog_source(), batch_size=16) == "products-v1"
     query = png_of_catalog_product(QUERY_PRODUCT)
     answers: list[pb.RecommendResponse] = []  # one shopper, request after request: in the order served
-    metrics = Metrics(CollectorRegistry())
-    async with open_pipeline(settings, metrics) as (pipeline, indexer):
-        gateway = await start_gateway(pipeline, indexer, settings, metrics, address="127.0.0.1:0")
-        try:
-            async with follow_alias(gateway.serving, settings, poll_s=0.2), \
-                    grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
-                stub = pb_grpc.RecommenderStub(channel)
-                stop = asyncio.Event()
+    async with in_process(settings, grace_s=1) as running, \
+            follow_alias(running.gateway.serving, Components(settings), poll_s=0.2), \
+            grpc.aio.insecure_channel(running.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        stop = asyncio.Event()
 
-                async def shopper() -> None:
-                    while not stop.is_set():
-                        answers.append(await stub.Recommend(pb.RecommendRequest(image=query, limit=3), timeout=60))
+        async def shopper() -> None:
+            while not stop.is_set():
+                answers.append(await stub.Recommend(pb.RecommendRequest(image=query, limit=3), timeout=60))
 
-                async def until_version(version: str) -> None:
-                    while not (answers and answers[-1].model.startswith(f"{MODEL_NAME}/{version} ")):
-                        await asyncio.sleep(0.05)
+        def answered_by(version: str) -> bool:
+            return bool(answers) and answers[-1].model.startswith(f"{MODEL_NAME}/{version} ")
 
-                browsing = asyncio.create_task(shopper())
-                await until_version("1")
-                assert await roll_out(settings, "2", *catalog_source(), batch_size=16) == "products-v2"
-                await asyncio.wait_for(until_version("2"), 60)
-                assert await roll_back(settings, None) == "products-v1"
-                await asyncio.wait_for(until_version("1"), 60)
-                stop.set()
-                await browsing
-        finally:
-            await gateway.stop(grace_s=1)
+        browsing = asyncio.create_task(shopper())
+        await eventually(lambda: answered_by("1"), SWITCH_TIMEOUT_S, "an answer of version 1")
+        assert await roll_out(settings, "2", catalog_source(), batch_size=16) == "products-v2"
+        await eventually(lambda: answered_by("2"), SWITCH_TIMEOUT_S, "the switch to version 2")
+        assert await roll_back(settings, None) == "products-v1"
+        await eventually(lambda: answered_by("1"), SWITCH_TIMEOUT_S, "the switch back to version 1")
+        stop.set()
+        await browsing
     versions = [answer.model.split(" ")[0] for answer in answers]
     switches = [index for index in range(1, len(versions)) if versions[index] != versions[index - 1]]
     assert [versions[0], *(versions[index] for index in switches)] == [

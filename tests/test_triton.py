@@ -12,8 +12,15 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from gateway.domain import DeadlineExceeded, FailedPrecondition, InvalidArgument, ModelInfo, RecsysError, \
-    ResourceExhausted, Unavailable
+from gateway.domain import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelInfo,
+    RecsysError,
+    ResourceExhausted,
+    Unavailable,
+)
 from gateway.embedder import IMAGE_BYTES, REQUEST_OVERHEAD_BYTES, TritonEmbedder, check_model, domain_error
 from model_export.triton_config import ALLOCATOR_ENV, local_config, render_config
 from stack.net import free_port

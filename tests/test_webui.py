@@ -14,16 +14,17 @@ from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright, expect
 from prometheus_client import CollectorRegistry
 
+from catalog_sources.fashion_mnist import CLASS_NAMES, FashionMnistSplit, load_split
 from gateway.config import Settings
-from gateway.fashion_mnist import CLASS_NAMES, FashionMnistSplit, load_split
 from gateway.history import RedisHistory
 from gateway.images import encode_png
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.server import start_gateway
+from gateway.serving import Serving
+from harness.gateway import RunningGateway, in_process, over
 from stack.net import free_port
-from tests.gateway_fixtures import PATIENT_TIMEOUTS, ServedGateway, served_gateway
-from webui import WebUI, listen_address, local_target, start_webui
+from tests.triton_fixtures import PATIENT_TIMEOUTS
+from webui import WebUI, WebUISettings, local_target, start_webui
 from webui.examples import PRODUCT_ID, FashionMnistImages
 from webui.server import MAX_UPLOAD_BYTES
 
@@ -43,10 +44,11 @@ def test_split() -> FashionMnistSplit:
 
 
 @pytest.fixture(scope="module")
-async def served(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[ServedGateway]:
+async def served(triton_server, redis_server, tmp_path_factory) -> AsyncIterator[RunningGateway]:
     """A gateway over the first CATALOG_SIZE Fashion-MNIST training images."""
-    async with served_gateway(triton_server, redis_server, tmp_path_factory.mktemp("data"), CATALOG_SIZE,
-                              **PATIENT_TIMEOUTS) as served:
+    settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis_server.url,
+                        data_dir=tmp_path_factory.mktemp("data"), **PATIENT_TIMEOUTS)
+    async with in_process(settings, CATALOG_SIZE, metrics_endpoint=True, grace_s=1) as served:
         yield served
 
 
@@ -82,10 +84,9 @@ async def webui_without_redis(served) -> AsyncIterator[WebUI]:
     with ThreadPoolExecutor(1) as decode_pool:
         pipeline = Pipeline(first.pipeline.embedder, first.pipeline.catalog, dead_redis, Settings(), metrics,
                             decode_pool)
-        second = await start_gateway(pipeline, first.indexer, Settings(), metrics, address="127.0.0.1:0")
-        async with serving(f"127.0.0.1:{second.port}") as running:
+        async with over(Serving(pipeline, first.indexer), Settings(), metrics) as second, \
+                serving(second.target) as running:
             yield running
-        await second.stop(grace_s=0)
     await dead_redis.close()
 
 
@@ -253,9 +254,13 @@ def test_local_target_dials_this_machine_for_wildcard_listen_addresses(listen, t
     assert local_target(listen) == target
 
 
-def test_the_page_listens_on_localhost_8080_unless_configured():
-    assert listen_address({}) == ("127.0.0.1", 8080)
-    assert listen_address({"WEBUI_HOST": "0.0.0.0", "WEBUI_PORT": "9000"}) == ("0.0.0.0", 9000)
+def test_the_page_listens_on_localhost_8080_unless_configured(monkeypatch):
+    assert (WebUISettings().host, WebUISettings().port) == ("127.0.0.1", 8080)
+    for name, value in {"WEBUI_HOST": "0.0.0.0", "WEBUI_PORT": "9000", "WEBUI_TOKEN": "t" * 20}.items():
+        monkeypatch.setenv(name, value)
+    settings = WebUISettings()
+    assert (settings.host, settings.port, settings.token) == ("0.0.0.0", 9000, "t" * 20)
+    assert "t" * 20 not in repr(settings)
 
 
 @pytest.fixture(scope="module")

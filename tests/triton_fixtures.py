@@ -7,11 +7,13 @@ whatever other versions ``make finetune`` added there.
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 import pytest_asyncio
 import torch
 
+from gateway.config import Settings
 from gateway.embedder import TritonEmbedder
 from model_export.triton_config import render_config
 from stack.triton import TritonServer
@@ -23,6 +25,19 @@ FLOAT_INPUT_MODEL = "float_input"
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 TINY_MAX_BATCH_SIZE = 32  # above the message-size cap that test_triton.py sets, so that the cap shows
 QUEUE_DELAY_US = 20_000  # long enough for concurrent test requests to meet in one dynamic batch
+TINY_CATALOG_SIZE = 64  # Fashion-MNIST training images a gateway over the tiny model indexes
+
+
+class Timeouts(TypedDict):
+    """The gateway's timeouts, as Settings fields."""
+
+    embed_timeout_s: float
+    request_timeout_s: float
+
+
+# For tests that check wiring rather than latency: a 2-core machine busy with Triton may take seconds
+# to embed one image, which the production timeouts (3 s to embed, 5 s a request) would turn into errors.
+PATIENT_TIMEOUTS = Timeouts(embed_timeout_s=20.0, request_timeout_s=30.0)
 
 
 class TinyEmbedder(torch.nn.Module):
@@ -36,6 +51,11 @@ class TinyEmbedder(torch.nn.Module):
         pixels = images.permute(0, 3, 1, 2).float() / 255.0
         pooled = torch.tanh(self.patches(pixels)).mean(dim=(2, 3))
         return torch.nn.functional.normalize(pooled, dim=1)
+
+
+def tiny_settings(triton_url: str, redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings of a gateway over the tiny test model."""
+    return Settings(triton_url=triton_url, redis_url=redis_url, data_dir=data_dir, model_name=TINY_MODEL, **overrides)
 
 
 def add_model(repository: Path, name: str, config: str, module: torch.jit.ScriptModule | None) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from gateway.fashion_mnist import CLASS_NAMES, FashionMnistSplit, load_split
+from catalog_sources.fashion_mnist import CLASS_NAMES, FashionMnistSplit, load_split
 from gateway.images import to_model_input
 
 

@@ -32,10 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gateway.fashion_mnist import CLASS_NAMES
+from catalog_sources.fashion_mnist import CLASS_NAMES
 from model_export.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
-from model_export.embedding import (BACKBONES, DEFAULT_BACKBONE, ImageEmbedder, find_efficientnet_lite0_weights,
-                                    pooled_embedding, read_checkpoint)
+from model_export.embedding import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    ImageEmbedder,
+    find_efficientnet_lite0_weights,
+    pooled_embedding,
+    read_checkpoint,
+)
 from training.data import TrainingData, load_training_data, model_inputs
 
 log = logging.getLogger(__name__)
@@ -100,10 +106,17 @@ def pretrained_embedder(trunk_size: int) -> ImageEmbedder:
     return ImageEmbedder(trunk, spec.mean, spec.std, trunk_size).eval()
 
 
+def lite0_trunk(model: ImageEmbedder) -> EfficientNetLite0:
+    """The EfficientNet-Lite0 trunk of a model made by ``pretrained_embedder``."""
+    if not isinstance(model.trunk, EfficientNetLite0):
+        raise TypeError(f"fine-tuning needs an EfficientNet-Lite0 trunk, got {type(model.trunk).__name__}")
+    return model.trunk
+
+
 def frozen_features(model: ImageEmbedder, blocks: int, data: TrainingData, indices: np.ndarray,
                     batch_size: int) -> torch.Tensor:
     """The output of the stem and the first ``blocks`` blocks for the train-split images at ``indices``."""
-    trunk = model.trunk
+    trunk = lite0_trunk(model)
     parts = []
     done = 0
     started = last_report = time.perf_counter()
@@ -141,13 +154,13 @@ def cached_frozen_features(model: ImageEmbedder, config: FinetuneConfig, data: T
 
 def trained_modules(model: ImageEmbedder, frozen_blocks: int) -> list[torch.nn.Module]:
     """The modules that learn: the blocks after the frozen ones and the head convolution with its BN."""
-    trunk = model.trunk
+    trunk = lite0_trunk(model)
     return [*trunk._blocks[frozen_blocks:], trunk._conv_head, trunk._bn1]
 
 
 def embed_features(model: ImageEmbedder, frozen_blocks: int, features: torch.Tensor) -> torch.Tensor:
     """The served embedding of images from their cached frozen features."""
-    trunk = model.trunk
+    trunk = lite0_trunk(model)
     for block in trunk._blocks[frozen_blocks:]:
         features = block(features)
     return pooled_embedding(trunk.head(features))

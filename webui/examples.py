@@ -7,7 +7,7 @@ from typing import cast
 
 import numpy as np
 
-from gateway.fashion_mnist import FashionMnistSplit, Split, load_split
+from catalog_sources.fashion_mnist import FashionMnistSplit, Split, load_split
 from gateway.images import encode_png
 
 # The inverse of FashionMnistSplit.product_id, e.g. "fmnist-train-000123".

@@ -7,17 +7,18 @@ the page shows the message. Anything unexpected is logged here and answered with
 """
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import grpc
 from aiohttp import web
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.fashion_mnist import CLASS_NAMES
+from catalog_sources.fashion_mnist import CLASS_NAMES
+from recsys_client import RecsysClient
 
 from .examples import FashionMnistImages
 
@@ -51,10 +52,8 @@ EXPLANATION_OF = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "The recommendation service did not answer in time",
 }
 
-RECOMMENDER = web.AppKey("recommender", pb_grpc.RecommenderStub)
-CATALOG = web.AppKey("catalog", pb_grpc.CatalogStub)
+CLIENT = web.AppKey("client", RecsysClient)
 EXAMPLES = web.AppKey("examples", FashionMnistImages)
-TOKEN = web.AppKey("token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -88,10 +87,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "The web page's server failed; its log has the details.")
 
 
-def call_options(app: web.Application) -> dict:
-    """Deadline and, when the gateway wants one (WEBUI_TOKEN), the bearer token of every gateway call."""
-    metadata = (("authorization", f"Bearer {app[TOKEN]}"),) if app[TOKEN] else ()
-    return {"timeout": RPC_TIMEOUT_S, "metadata": metadata}
+class WebUISettings(BaseSettings):
+    """Where the page listens (WEBUI_HOST, WEBUI_PORT) and its bearer token for the gateway (WEBUI_TOKEN)."""
+
+    model_config = SettingsConfigDict(env_prefix="WEBUI_", env_ignore_empty=True, frozen=True)
+
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    token: str = Field("", repr=False)
 
 
 def image_url(product_id: str) -> str:
@@ -135,11 +138,9 @@ async def recommend(request: web.Request) -> web.Response:
     if not isinstance(upload, web.FileField):
         raise BadRequest("Upload a photo or pick an example first.")
     categories = [str(name).strip() for name in form.getall("category", []) if str(name).strip()]
-    response = await request.app[RECOMMENDER].Recommend(
-        pb.RecommendRequest(image=upload.file.read(), user_id=str(form.get("user_id", "")).strip(),
-                            limit=parse_limit(str(form.get("limit", DEFAULT_LIMIT))),
-                            filter=pb.Filter(categories=categories)),
-        **call_options(request.app))
+    response = await request.app[CLIENT].recommend(
+        image=upload.file.read(), user_id=str(form.get("user_id", "")).strip(),
+        limit=parse_limit(str(form.get("limit", DEFAULT_LIMIT))), categories=categories)
     return web.json_response({
         "model": response.model,
         "degraded": list(response.degraded),
@@ -159,25 +160,22 @@ async def record_view(request: web.Request) -> web.Response:
         user_id, product_id = str(body["user_id"]).strip(), str(body["product_id"])
     except (ValueError, KeyError, TypeError) as error:
         raise BadRequest("Send a JSON object with user_id and product_id.") from error
-    await request.app[RECOMMENDER].RecordView(pb.RecordViewRequest(user_id=user_id, product_id=product_id),
-                                              **call_options(request.app))
+    await request.app[CLIENT].record_view(user_id, product_id)
     return web.json_response({})
 
 
 async def history(request: web.Request) -> web.Response:
     """The user's recent views, newest first (query parameter user_id)."""
-    response = await request.app[RECOMMENDER].GetHistory(
-        pb.GetHistoryRequest(user_id=request.query.get("user_id", "").strip()), **call_options(request.app))
+    views = await request.app[CLIENT].history(request.query.get("user_id", "").strip())
     return web.json_response({"views": [
         {"product_id": view.product_id, "viewed_at_ms": view.viewed_at_ms, "image_url": image_url(view.product_id)}
-        for view in response.views]})
+        for view in views]})
 
 
 async def product_image(request: web.Request) -> web.Response:
     """A catalog product's picture as the gateway stored it; the gateway's status otherwise (404 if unknown)."""
-    wanted = pb.GetProductImageRequest(product_id=request.match_info["product_id"])
     try:
-        image = await request.app[CATALOG].GetProductImage(wanted, **call_options(request.app))
+        image = await request.app[CLIENT].product_image(request.match_info["product_id"])
     except grpc.aio.AioRpcError as error:
         return web.Response(status=HTTP_STATUS_OF.get(error.code(), 502), text=error.details())
     return web.Response(body=image.data, content_type=image.content_type, headers={"Cache-Control": "no-cache"})
@@ -197,22 +195,19 @@ async def example_image(request: web.Request) -> web.Response:
 
 def create_app(gateway_target: str, examples: FashionMnistImages | None = None, token: str = ""
                ) -> web.Application:
-    """The page's application; its gRPC channel to gateway_target opens at start-up and closes at clean-up.
+    """The page's application; its gateway client opens at start-up and closes at clean-up.
 
     token: a bearer token with the `read` scope, for a gateway that requires tokens.
     """
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_UPLOAD_BYTES)
     app[EXAMPLES] = examples or FashionMnistImages()
-    app[TOKEN] = token
 
-    async def channel_context(app: web.Application) -> AsyncIterator[None]:
-        options = [("grpc.max_send_message_length", MAX_UPLOAD_BYTES)]
-        async with grpc.aio.insecure_channel(gateway_target, options=options) as channel:
-            app[RECOMMENDER] = pb_grpc.RecommenderStub(channel)
-            app[CATALOG] = pb_grpc.CatalogStub(channel)
+    async def client_context(app: web.Application) -> AsyncIterator[None]:
+        async with RecsysClient(gateway_target, token=token, timeout_s=RPC_TIMEOUT_S) as client:
+            app[CLIENT] = client
             yield
 
-    app.cleanup_ctx.append(channel_context)
+    app.cleanup_ctx.append(client_context)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR)
     app.router.add_get("/images/{product_id}", product_image)
@@ -246,11 +241,6 @@ async def start_webui(gateway_target: str, host: str = DEFAULT_HOST, port: int =
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
     log.info("web page: %s (gateway %s)", url, gateway_target)
     return WebUI(runner, url)
-
-
-def listen_address(env: Mapping[str, str]) -> tuple[str, int]:
-    """The page's host and port: WEBUI_HOST (default 127.0.0.1) and WEBUI_PORT (default 8080)."""
-    return env.get("WEBUI_HOST") or DEFAULT_HOST, int(env.get("WEBUI_PORT") or DEFAULT_PORT)
 
 
 def local_target(listen_address: str) -> str:

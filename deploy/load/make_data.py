@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from gateway.fashion_mnist import load_split
+from catalog_sources.fashion_mnist import load_split
 
 OUT_DIR = Path(__file__).resolve().parent / "data"
 CATALOG_PREFIX = 64  # product ids used here are below this index

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from qdrant_edge import (
@@ -36,6 +36,7 @@ from gateway.catalog.store import (
     ITEM_FIELDS,
     THUMBNAIL_FIELD,
     SimilarityQuery,
+    SimilarityTarget,
     check_limit,
     checked_items,
     checked_vector,
@@ -53,6 +54,9 @@ from gateway.catalog.store import (
     write_json_atomically,
 )
 from gateway.domain import CatalogItem, ModelInfo, Neighbour, RecsysError, Unavailable
+
+if TYPE_CHECKING:
+    from qdrant_edge import PointId  # only in the engine's type stubs
 
 MODEL_FILE = "embedding_model.json"
 DEFAULT_HNSW_EF = 128
@@ -246,7 +250,7 @@ class EdgeCatalog:
 
     def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         shard, model = self._opened()
-        targets = similarity_targets(queries, model.dim, point_uuid)
+        targets: list[SimilarityTarget[PointId]] = similarity_targets(queries, model.dim, point_uuid)
         requests = [
             QueryRequest(
                 limit=len(by_point),
@@ -280,7 +284,8 @@ class EdgeCatalog:
         shard, _ = self._opened()
         request = FacetRequest(key=CATEGORY_FIELD, limit=len(categories), filter=_filter(categories, ()))
         with self._engine_errors():
-            return {hit.value for hit in shard.facet(request).hits}
+            # A keyword index facets text values only.
+            return {hit.value for hit in shard.facet(request).hits if isinstance(hit.value, str)}
 
     def _count(self) -> int:
         shard, _ = self._opened()

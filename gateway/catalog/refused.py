@@ -4,16 +4,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.catalog.store import CatalogStore, SimilarityQuery
+from gateway.catalog.store import SimilarityQuery
 from gateway.domain import CatalogItem, FailedPrecondition, ModelInfo, Neighbour
 
 
 class RefusedCatalog:
-    """Stands in for a store whose `open` failed, so the gateway keeps running and says why it cannot serve."""
+    """Stands in for a collection that could not be opened, so the gateway keeps running and says why it cannot
+    serve."""
 
-    def __init__(self, store: CatalogStore, reason: FailedPrecondition) -> None:
-        self.collection = store.collection
-        self._store = store
+    def __init__(self, collection: str, reason: FailedPrecondition) -> None:
+        self.collection = collection
         self._reason = reason
 
     async def open(self, model: ModelInfo) -> None:
@@ -47,8 +47,11 @@ class RefusedCatalog:
     async def count(self) -> int:
         raise self._reason
 
+    async def optimize(self) -> bool:
+        raise self._reason
+
     async def ping(self) -> None:
         raise self._reason
 
     async def close(self) -> None:
-        await self._store.close()
+        pass  # the store was closed when it refused to open

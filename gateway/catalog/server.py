@@ -17,6 +17,7 @@ from gateway.catalog.store import (
     ITEM_FIELDS,
     THUMBNAIL_FIELD,
     SimilarityQuery,
+    SimilarityTarget,
     check_limit,
     checked_items,
     checked_vector,
@@ -100,7 +101,7 @@ class QdrantClientCatalog:
             return 0
         with self._server_errors():
             existing = await self._client.retrieve(
-                self.collection, point_ids(product_ids), with_payload=False, with_vectors=False
+                self.collection, point_ids(product_ids, point_id), with_payload=False, with_vectors=False
             )
             if existing:
                 selector = models.PointIdsList(points=[record.id for record in existing])
@@ -131,7 +132,8 @@ class QdrantClientCatalog:
     async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among
         its ids, by id; the queries go to the server as one batch."""
-        targets = similarity_targets(queries, self._opened().dim)
+        dim = self._opened().dim
+        targets: list[SimilarityTarget[models.ExtendedPointId]] = similarity_targets(queries, dim, point_id)
         if not targets:
             return [{} for _ in queries]
         requests = [
@@ -156,7 +158,7 @@ class QdrantClientCatalog:
             return {}
         with self._server_errors():
             records = await self._client.retrieve(
-                self.collection, point_ids(product_ids), with_payload=ITEM_FIELDS, with_vectors=with_vectors
+                self.collection, point_ids(product_ids, point_id), with_payload=ITEM_FIELDS, with_vectors=with_vectors
             )
         items = (item_from_point(record.payload, record.vector) for record in records)
         return {item.product_id: item for item in items}
@@ -182,6 +184,9 @@ class QdrantClientCatalog:
         """Number of products in the collection."""
         with self._server_errors():
             return (await self._client.count(self.collection, exact=True)).count
+
+    async def optimize(self) -> bool:
+        return False  # the server indexes as its optimizer decides
 
     async def ping(self) -> None:
         """Raise Unavailable if Qdrant does not answer (FailedPrecondition if the collection is gone)."""
@@ -250,5 +255,5 @@ def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> models.Fil
         must=[models.FieldCondition(key=CATEGORY_FIELD, match=models.MatchAny(any=list(categories)))]
         if categories
         else None,
-        must_not=[models.HasIdCondition(has_id=point_ids(exclude_ids))] if exclude_ids else None,
+        must_not=[models.HasIdCondition(has_id=point_ids(exclude_ids, point_id))] if exclude_ids else None,
     )

@@ -5,7 +5,7 @@ import functools
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,8 +26,11 @@ REINDEX_COMMAND = "`make index RECREATE=1`"
 # A vector and the products to score against it.
 SimilarityQuery = tuple[np.ndarray, Sequence[str]]
 
-# A point id as the engine is given it: text for Qdrant's API, a UUID object for the embedded engine.
-PointKey = TypeVar("PointKey", str, uuid.UUID)
+# A point id as the engine is given it: text for Qdrant's API, a UUID object for the embedded engine. Callers bind
+# it to the engine's own point id type, which admits both and is the type the engine answers with.
+PointKey = TypeVar("PointKey", bound=Hashable)
+# Per query that names products: its point ids (each mapped to its product id) and its checked vector.
+SimilarityTarget = tuple[dict[PointKey, str], list[float]]
 
 _POINT_ID_NAMESPACE = uuid.UUID("6f0c5c1e-3b7a-5d2e-9a41-0d7f3c2b8e15")
 _NO_VECTOR = np.empty(0, dtype=np.float32)
@@ -75,6 +78,10 @@ class CatalogStore(Protocol):
     async def count(self) -> int:
         """Number of products in the collection."""
 
+    async def optimize(self) -> bool:
+        """Build the search index after bulk ingestion; True if anything changed (a Qdrant server builds its
+        own, so its store does nothing)."""
+
     async def ping(self) -> None:
         """Raise Unavailable if the store cannot answer."""
 
@@ -96,20 +103,19 @@ def point_id(product_id: str) -> str:
     return str(point_uuid(product_id))
 
 
-def point_ids(product_ids: Iterable[str], as_point: Callable[[str], PointKey] = point_id) -> list[PointKey]:
-    """The point ids of distinct products (as text unless `as_point` is point_uuid)."""
+def point_ids(product_ids: Iterable[str], as_point: Callable[[str], PointKey]) -> list[PointKey]:
+    """The point ids of distinct products, as `as_point` makes them (point_id: text, point_uuid: UUID objects)."""
     return [as_point(product_id) for product_id in dict.fromkeys(product_ids)]
 
 
-def similarity_targets(queries: Sequence[SimilarityQuery], dim: int, as_point: Callable[[str], PointKey] = point_id
-                       ) -> list[tuple[dict[PointKey, str], list[float]]]:
-    """Per query that names products: its point ids (each mapped to its product id) and its checked vector."""
+def similarity_targets(queries: Sequence[SimilarityQuery], dim: int, as_point: Callable[[str], PointKey]
+                       ) -> list[SimilarityTarget[PointKey]]:
+    """The target of each query that names products, its point ids made by `as_point`."""
     return [({as_point(product_id): product_id for product_id in product_ids}, checked_vector(vector, dim))
             for vector, product_ids in queries if product_ids]
 
 
-def similarities_by_query(queries: Sequence[SimilarityQuery],
-                          targets: Sequence[tuple[dict[PointKey, str], list[float]]],
+def similarities_by_query(queries: Sequence[SimilarityQuery], targets: Sequence[SimilarityTarget[PointKey]],
                           answers: Iterable[Iterable[tuple[PointKey, float]]]) -> list[dict[str, float]]:
     """The engine's (point id, score) answers to `targets`, ids as the targets hold them, as one {product id: score}
     per query; {} for a query that named no product."""
@@ -184,7 +190,7 @@ def model_record(model: ModelInfo) -> dict[str, Any]:
 def model_from_record(record: object) -> ModelInfo | None:
     """The model in a record written by `model_record`, or None if the record is missing or malformed."""
     try:
-        return ModelInfo(**record) if isinstance(record, dict) else None  # type: ignore[arg-type]
+        return ModelInfo(**record) if isinstance(record, dict) else None
     except TypeError:
         return None
 

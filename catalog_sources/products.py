@@ -7,9 +7,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .fashion_mnist import load_split
-from .images import to_model_input
-from .indexer import NewProduct
+from catalog_sources.fashion_mnist import Split, load_split
+from gateway.images import to_model_input
+from gateway.indexer import NewProduct
 
 REQUIRED_COLUMNS = ("product_id", "image", "category")
 
@@ -22,7 +22,7 @@ class Unreadable:
     reason: str
 
 
-def fashion_mnist(split: str = "train", directory: Path | None = None,
+def fashion_mnist(split: Split = "train", directory: Path | None = None,
                   limit: int | None = None) -> tuple[int, Iterator[NewProduct]]:
     """Fashion-MNIST products (ids like fmnist-train-000123, official class names as categories)."""
     data = load_split(split, directory)

@@ -15,68 +15,38 @@ re-run the rollout (it skips products already embedded) or replay them after the
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
-from prometheus_client import CollectorRegistry
-
-from gateway.catalog import open_catalog_aliases, open_catalog_store
 from gateway.catalog.aliases import CatalogAliases, versioned_collection
+from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import ModelInfo
-from gateway.embedder import TritonEmbedder
-from gateway.indexer import Indexer, NewProduct
-from gateway.metrics import Metrics
-from gateway.sources import Unreadable
-from stack.run import MODEL_REPOSITORY, add_source_arguments, build_index, ingest, read_source
-from stack.triton import TritonServer
+from ops.index import Source, add_source_arguments, build_index, check_source_arguments, ingest, read_source
+from stack.local import local_triton
 
-log = logging.getLogger("stack.rollout")
-DEMO_CATALOG_SIZE = int(os.environ.get("DEMO_CATALOG_SIZE") or 6000)
+log = logging.getLogger(__name__)
+DEFAULT_CATALOG_SIZE = 6000  # the demo catalog of `make run`
 
 
-async def build_collection(settings: Settings, version: str, total: int,
-                           products: Iterable[NewProduct | Unreadable], batch_size: int,
+async def build_collection(settings: Settings, version: str, source: Source, batch_size: int,
                            recreate: bool = False) -> tuple[str, ModelInfo, int]:
-    """Embeds `products` with model `version` into its versioned collection; (collection, model, products).
-
-    Products already in the collection are skipped, so an interrupted build resumes; `recreate` starts
-    over. The collection is closed on return, so a gateway can open it.
-    """
-    if not settings.triton_url:
-        raise ValueError("building a collection needs settings.triton_url")
-    embedder = await TritonEmbedder.connect(settings.triton_url, settings.model_name, version,
-                                            max_message_bytes=settings.max_message_bytes)
-    collection = versioned_collection(settings.collection, embedder.info.version)
-    catalog = open_catalog_store(settings.qdrant_url, settings.data_dir, collection,
-                                 timeout_s=settings.search_timeout_s)
-    decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-    try:
-        if recreate:
-            await catalog.drop()
-        await catalog.open(embedder.info)
-        indexer = Indexer(embedder, catalog, decode_pool, settings.image_limits, Metrics(CollectorRegistry()))
-        log.info("building collection '%s' with %s", collection, embedder.info)
-        await ingest(indexer, total, products, batch_size)
-        await build_index(catalog)
-        return collection, embedder.info, await catalog.count()
-    finally:
-        decode_pool.shutdown()
-        await catalog.close()
-        await embedder.close()
+    """Embeds the source's products with model `version` into its versioned collection; (collection, model,
+    products). Products already in the collection are skipped, so an interrupted build resumes; `recreate`
+    starts over. The collection is closed on return, so a gateway can open it."""
+    async with Components(settings).building(version, recreate=recreate) as built:
+        log.info("building collection '%s' with %s", built.catalog.collection, built.embedder.info)
+        await ingest(built.indexer, source, batch_size)
+        await build_index(built.catalog)
+        return built.catalog.collection, built.embedder.info, await built.catalog.count()
 
 
-async def roll_out(settings: Settings, version: str, total: int, products: Iterable[NewProduct | Unreadable],
-                   batch_size: int, recreate: bool = False) -> str:
+async def roll_out(settings: Settings, version: str, source: Source, batch_size: int, recreate: bool = False
+                   ) -> str:
     """Builds the collection of model `version` and points the catalog alias at it; returns the collection."""
-    aliases = open_catalog_aliases(settings.qdrant_url, settings.data_dir, settings.search_timeout_s)
+    aliases = Components(settings).catalog_aliases()
     try:
         before = await aliases.target(settings.collection)
-        collection, model, count = await build_collection(settings, version, total, products, batch_size, recreate)
+        collection, model, count = await build_collection(settings, version, source, batch_size, recreate)
         if count == 0:
             raise SystemExit(f"error: collection '{collection}' is empty; the alias '{settings.collection}' "
                              "was not moved")
@@ -110,7 +80,7 @@ async def previous_collection(aliases: CatalogAliases, alias: str, version: str 
 
 async def roll_back(settings: Settings, version: str | None) -> str:
     """Points the catalog alias at the previous version's collection (or `version`'s); returns the collection."""
-    aliases = open_catalog_aliases(settings.qdrant_url, settings.data_dir, settings.search_timeout_s)
+    aliases = Components(settings).catalog_aliases()
     try:
         collection = await previous_collection(aliases, settings.collection, version)
         await aliases.point(settings.collection, collection)
@@ -121,36 +91,25 @@ async def roll_back(settings: Settings, version: str | None) -> str:
     return collection
 
 
-@contextlib.contextmanager
-def with_triton(settings: Settings) -> Iterator[Settings]:
-    """`settings`, pointing at a local tritonserver over model_repository/ when TRITON_URL is not set."""
-    if settings.triton_url:
-        yield settings
-        return
-    with TritonServer(MODEL_REPOSITORY) as triton:
-        yield replace(settings, triton_url=triton.grpc_url)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     out = commands.add_parser("out", help="build the catalog with another model version and switch to it")
     out.add_argument("--version", help="model version (default: the newest Triton serves)")
-    add_source_arguments(out, default_limit=DEMO_CATALOG_SIZE)
+    add_source_arguments(out, default_limit=DEFAULT_CATALOG_SIZE)
     out.add_argument("--recreate", action="store_true", help="rebuild the version's collection from scratch")
     back = commands.add_parser("back", help="switch the catalog back to an earlier model version's collection")
     back.add_argument("--version", help="model version to go back to (default: the previous one)")
     args = parser.parse_args()
-    if args.command == "out" and args.source == "folder" and not args.csv:
-        parser.error("the folder source needs --csv")
+    if args.command == "out":
+        check_source_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env()
     if args.command == "back":
         asyncio.run(roll_back(settings, args.version))
         return
-    total, products = read_source(args)
-    with with_triton(settings) as settings:
-        asyncio.run(roll_out(settings, args.version or "", total, products, args.batch_size, args.recreate))
+    with local_triton(settings) as settings:
+        asyncio.run(roll_out(settings, args.version or "", read_source(args), args.batch_size, args.recreate))
 
 
 if __name__ == "__main__":

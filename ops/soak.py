@@ -1,7 +1,7 @@
 """`make soak`: the whole stack at about 70 % of its measured capacity for a long time, then a report.
 
-Starts `python -m stack.run serve` (its own tritonserver and redis-server, the embedded Qdrant engine,
-a demo catalog of SOAK_CATALOG images) in a fresh build/soak/ on free loopback ports. Fills every user's
+Starts `python -m stack.run` (its own tritonserver and redis-server, `python -m gateway` with the embedded Qdrant
+engine, a demo catalog of SOAK_CATALOG images) in a fresh build/soak/ on free loopback ports. Fills every user's
 history to its cap, measures capacity with a closed loop of the request mix, then offers `--fraction` of
 it at a fixed rate: first for a warm-up (the model's first batches are slow to specialise; not counted),
 then for SOAK_SECONDS (default 1800), sampling the resident memory and open file descriptors of the
@@ -12,28 +12,28 @@ memory or descriptors grew past the bounds below after warm-up.
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
-import signal
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
-from gateway.fashion_mnist import load_split
+from catalog_sources.fashion_mnist import load_split
 from gateway.history import DEFAULT_MAX_VIEWS
 from gateway.images import encode_png
-from stack.load import Outcome, closed_loop, open_loop, percentiles, timed, write_report_files
+from harness.gateway import spawned
+from harness.load import Outcome, Send, closed_loop, open_loop, percentiles, timed
+from ops.reports import write_report_files
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
 
 DATA_DIR = Path("build/soak")  # the stack's data and log (stack.log), kept for a look after the run
@@ -68,22 +68,25 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_children(int(child))]
-    return found
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
 
 
-def process_sample(gateway_pid: int) -> dict[str, dict[str, float]]:
-    """Resident MiB and open descriptors of the gateway and of its tritonserver and redis-server trees."""
-    groups: dict[str, list[int]] = {"gateway": [gateway_pid], "triton": [], "redis": []}
-    for pid in _children(gateway_pid):
+def _tree(pid: int) -> list[int]:
+    return [pid, *(descendant for child in _children(pid) for descendant in _tree(child))]
+
+
+def process_sample(stack_pid: int) -> dict[str, dict[str, float]]:
+    """Resident MiB and open descriptors of the stack's gateway, tritonserver and redis-server, each with its
+    children (Triton's python-backend stubs)."""
+    groups: dict[str, list[int]] = {"gateway": [], "triton": [], "redis": []}
+    for child in _children(stack_pid):
         try:
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+            tree = _tree(child)
         except FileNotFoundError:
             continue
-        groups["redis" if name.startswith("redis") else "triton"].append(pid)
+        groups["redis" if name.startswith("redis") else "triton" if name.startswith("triton") else "gateway"] += tree
     sample = {}
     for group, pids in groups.items():
         rss = fds = 0.0
@@ -97,52 +100,33 @@ def process_sample(gateway_pid: int) -> dict[str, dict[str, float]]:
     return sample
 
 
-@contextmanager
-def running_stack(catalog: int, data_dir: Path, settings: Mapping[str, str] | None = None
-                  ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`stack.run serve` on free ports over data_dir (emptied first), with extra environment `settings`;
-    stopped with SIGTERM (it then stops its own servers)."""
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    port = free_port()
+def stack_environment(catalog: int, data_dir: Path, port: int, settings: Mapping[str, str] | None = None
+                      ) -> dict[str, str]:
+    """The environment of a fresh stack on free loopback ports over `data_dir` with a demo catalog of `catalog`
+    images, plaintext and open, and with the extra `settings`."""
     env = dict(os.environ, GRPC_ADDRESS=f"127.0.0.1:{port}", METRICS_PORT=str(free_port()), DATA_DIR=str(data_dir),
-               DEMO_CATALOG_SIZE=str(catalog))
+               DEMO_CATALOG_SIZE=str(catalog), WEBUI_PORT="0")
     for name in ("TRITON_URL", "REDIS_URL", "QDRANT_URL", "AUTH_TOKENS", "AUTH_TOKENS_FILE", "TLS_CERT_FILE",
                  "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"):
         env.pop(name, None)
-    env.update(settings or {})
-    with (data_dir / "stack.log").open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "stack.run", "serve"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    try:
-        yield process, f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return {**env, **(settings or {})}
 
 
-async def wait_until_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes], log: Path,
-                             timeout_s: float = 900) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the stack exited with {process.returncode}; see {log}")
-        try:
-            if (await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == \
-                    health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(1)
-    raise RuntimeError(f"the stack was not serving after {timeout_s:.0f} s; see {log}")
+@contextlib.asynccontextmanager
+async def running_stack(catalog: int, data_dir: Path, settings: Mapping[str, str] | None = None
+                        ) -> AsyncIterator[tuple["subprocess.Popen[bytes]", str]]:
+    """`python -m stack.run` serving on a free port over data_dir (emptied first), with extra environment
+    `settings`, until the block exits; its output goes to data_dir/stack.log."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    environment = stack_environment(catalog, data_dir, port, settings)
+    async with spawned([sys.executable, "-m", "stack.run"], target, environment, data_dir / "stack.log") as process:
+        yield process, target
 
 
-def request_mix(channel: grpc.aio.Channel, catalog: int, seed: int = 0) -> Callable[[], Awaitable[Outcome]]:
+def request_mix(channel: grpc.aio.Channel, catalog: int, seed: int = 0) -> Send:
     """A function that sends the next request of the mix and returns its outcome."""
     stub = pb_grpc.RecommenderStub(channel)
     test, train = load_split("test"), load_split("train")
@@ -151,7 +135,7 @@ def request_mix(channel: grpc.aio.Channel, catalog: int, seed: int = 0) -> Calla
     rng = random.Random(seed)
     kinds, weights = list(MIX), list(MIX.values())
 
-    def send() -> Awaitable[Outcome]:
+    def send(number: int) -> Awaitable[Outcome]:
         kind = rng.choices(kinds, weights)[0]
         user = f"soak-user-{rng.randrange(USERS)}"
         if kind == "image":
@@ -197,7 +181,9 @@ def summarise(outcomes: list[Outcome], samples: list[tuple[float, dict]], start:
     first_p99, last_p99 = windows[0]["latency_ms"].get("p99", 0), windows[-1]["latency_ms"].get("p99", 0)
     return {
         "seconds": options.seconds, "capacity_rps": round(capacity, 1), "offered_rps": round(rate, 1),
-        "fraction": options.fraction, "mix": MIX, "catalog": options.catalog, "requests": len(outcomes),
+        "fraction": options.fraction, "mix": MIX, "catalog": options.catalog,
+        # One outcome per slot of the fixed rate: offered counts slots, succeeded the requests answered OK.
+        "offered": len(outcomes), "succeeded": sum(o.ok for o in outcomes),
         "errors": errors, "latency_ms": percentiles([o.seconds for o in outcomes]),
         "latency_ms_by_kind": {kind: percentiles([o.seconds for o in outcomes if o.kind == kind]) for kind in MIX},
         "degraded": sum(bool(o.degraded) for o in outcomes), "windows": windows,
@@ -230,9 +216,8 @@ async def fill_histories(stub: pb_grpc.RecommenderStub, catalog: int, views: int
 async def soak(options: Options, data_dir: Path) -> dict:
     """Runs the soak over a stack whose data goes to data_dir (emptied first); returns the report."""
     load_at_start = os.getloadavg()
-    with running_stack(options.catalog, data_dir, dict(options.env)) as (process, target):
+    async with running_stack(options.catalog, data_dir, dict(options.env)) as (process, target):
         async with grpc.aio.insecure_channel(target) as channel:
-            await wait_until_serving(channel, process, data_dir / "stack.log")
             await fill_histories(pb_grpc.RecommenderStub(channel), options.catalog, options.history_views)
             send = request_mix(channel, options.catalog)
             probe = await closed_loop(send, workers=8, seconds=options.probe_seconds)
@@ -263,7 +248,8 @@ def write_report(report: dict, report_dir: Path) -> Path:
     """Writes the report as JSON and as a short Markdown table; returns the JSON path."""
     lines = [f"# Soak: {report['seconds']:.0f} s at {report['offered_rps']} req/s "
              f"({report['fraction']:.0%} of {report['capacity_rps']} req/s measured)", "",
-             f"{report['requests']} requests, errors {report['errors'] or 'none'}, latency {report['latency_ms']} ms; "
+             f"{report['offered']} requests offered, {report['succeeded']} succeeded, errors "
+             f"{report['errors'] or 'none'}, latency {report['latency_ms']} ms; "
              f"gateway memory growth after warm-up {report['growth_after_warmup']['gateway']['rss_mib']} MiB "
              f"({report['gateway_rss_slope_mib_per_hour']} MiB/h), descriptors "
              f"{report['growth_after_warmup']['gateway']['fds']:+g}; load average (1, 5, 15 min) "

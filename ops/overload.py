@@ -15,19 +15,20 @@ import asyncio
 import os
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from gateway.api.recsys.v1 import recsys_pb2 as pb
-from gateway.api.recsys.v1 import recsys_pb2_grpc as pb_grpc
+from catalog_sources.fashion_mnist import load_split
 from gateway.config import Settings
-from gateway.fashion_mnist import load_split
 from gateway.images import encode_png
-from stack.load import Outcome, closed_loop, open_loop, percentiles, timed, write_report_files
-from stack.soak import running_stack, wait_until_serving
+from harness.load import Outcome, Send, closed_loop, open_loop, percentiles, timed
+from ops.reports import write_report_files
+from ops.soak import running_stack
+from recsys_api.v1 import recsys_pb2 as pb
+from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 DATA_DIR = Path("build/overload")
 OVERLOAD = 3.0
@@ -35,15 +36,12 @@ REQUEST_TIMEOUT_S = 10.0
 MIN_REQUESTS = 60
 
 
-def image_queries(channel: grpc.aio.Channel, photos: list[bytes]) -> Callable[[], Awaitable[Outcome]]:
-    """A function that sends the next image query (photos in turn) and returns its outcome."""
+def image_queries(channel: grpc.aio.Channel, photos: list[bytes]) -> Send:
+    """A function that sends image query n (the photos in turn) and returns its outcome."""
     stub = pb_grpc.RecommenderStub(channel)
-    sent = 0
 
-    def send() -> Awaitable[Outcome]:
-        nonlocal sent
-        sent += 1
-        return timed("image", stub.Recommend(pb.RecommendRequest(image=photos[sent % len(photos)]),
+    def send(number: int) -> Awaitable[Outcome]:
+        return timed("image", stub.Recommend(pb.RecommendRequest(image=photos[number % len(photos)]),
                                              timeout=REQUEST_TIMEOUT_S))
 
     return send
@@ -55,7 +53,7 @@ def sample_photos(count: int = 50) -> list[bytes]:
     return [encode_png(test.images[index]) for index in range(count)]
 
 
-async def measure_overload(send: Callable[[], Awaitable[Outcome]], workers: int, factor: float = OVERLOAD,
+async def measure_overload(send: Send, workers: int, factor: float = OVERLOAD,
                    warmup_s: float = 2.0, probe_s: float = 5.0) -> dict:
     """Measures capacity with `workers` closed-loop callers, offers `factor` times it; returns the report."""
     await closed_loop(send, workers=workers, seconds=warmup_s)
@@ -100,11 +98,10 @@ def markdown(report: dict) -> list[str]:
 
 async def run(catalog: int, data_dir: Path) -> dict:
     """The overload run over a fresh stack whose data goes to data_dir."""
-    workers = Settings.from_env(os.environ).max_concurrent_images
+    workers = Settings.from_env().max_concurrent_images
     load_at_start = os.getloadavg()
-    with running_stack(catalog, data_dir) as (process, target):
+    async with running_stack(catalog, data_dir) as (_, target):
         async with grpc.aio.insecure_channel(target) as channel:
-            await wait_until_serving(channel, process, data_dir / "stack.log")
             report = await measure_overload(image_queries(channel, sample_photos()), workers)
     report["load_average"] = {"start": load_at_start, "end": os.getloadavg()}  # what else used the machine
     return report

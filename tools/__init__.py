@@ -1,0 +1,1 @@
+"""Build-time tools of the repository (code generation from protos/)."""
