@@ -94,6 +94,21 @@ rollout: setup model
 rollback: setup
 	$(PY) -m ops.rollout back $(if $(VERSION),--version $(VERSION))
 
+## model-artifact: model VERSION (its model.pt, the production config and its training card) as the versioned
+## tarball build/artifacts/$(MODEL_NAME)-VERSION.tar.gz, which deploy/docker/model-repository.Dockerfile unpacks
+## model-load / model-unload: the Triton at TRITON_URL (deploy/k8s: triton-headless:8001, every pod in turn) starts /
+## stops serving model VERSION through its repository API (explicit model control); unload refuses the version the
+## catalog alias serves. A new version: make model-load VERSION=N+1, make rollout VERSION=N+1, make model-unload VERSION=N
+.PHONY: model-artifact model-load model-unload
+model-artifact: $(VENV)/.installed
+	$(PY) -m model_export.artifact --name $(MODEL_NAME) --version $(or $(VERSION),$(error set VERSION=N))
+
+model-load: $(VENV)/.installed
+	$(PY) -m ops.model_versions load $(or $(VERSION),$(error set VERSION=N))
+
+model-unload: $(VENV)/.installed
+	$(PY) -m ops.model_versions unload $(or $(VERSION),$(error set VERSION=N))
+
 ## bench: every layer (model, Triton, gateway, Qdrant, Redis, ingestion) measured in one run on the same images,
 ## written to reports/bench.json and reports/bench.md; BENCH_ARGS="--points 1000000" searches 1 M vectors,
 ## BENCH_ARGS="--triton-variants 1x2,2x1" also compares Triton instance x thread counts, --smoke checks it runs
@@ -107,14 +122,25 @@ GATEWAY ?= localhost:50051
 webui: $(VENV)/.installed
 	$(PY) -m webui --gateway $(GATEWAY)
 
-## load: a k6 profile against a running gateway (`make run`): PROFILE=smoke|steady|ramp|spike, RATE (req/s), DURATION
+## load: a k6 profile against a running gateway (`make run`): PROFILE=smoke|steady|ramp|spike, RATE (req/s), DURATION;
+## TOKEN (a bearer token with the read scope, handed to k6 in its environment, not on its command line), CACERT (TLS
+## trusting that CA's PEM file), CERT and KEY (a client certificate for mutual TLS); the summary goes to LOAD_SUMMARY
 PROFILE ?= steady
+LOAD_SUMMARY ?= reports/load-$(PROFILE).json
+LOAD_TLS = $(foreach name,CACERT CERT KEY,$(if $($(name)),--env $(name)=$(abspath $($(name)))))
 .PHONY: load
+load: export RECSYS_TOKEN := $(TOKEN)
 load: $(VENV)/.installed
-	mkdir -p reports
+	mkdir -p $(dir $(LOAD_SUMMARY))
 	$(VENV)/bin/k6 run --env PROFILE=$(PROFILE) --env TARGET=$(GATEWAY) $(if $(RATE),--env RATE=$(RATE)) \
-		$(if $(DURATION),--env DURATION=$(DURATION)) --summary-export=reports/load-$(PROFILE).json \
+		$(if $(DURATION),--env DURATION=$(DURATION)) $(LOAD_TLS) --summary-export=$(LOAD_SUMMARY) \
 		deploy/load/k6/recommend.js
+
+## deploy-secrets: the tokens, TLS certificate, Redis password and Qdrant key that deploy/k8s and deploy/compose
+## refuse to start without, into deploy/k8s/secrets and deploy/compose/secrets (kept if present; ROTATE=1 renews)
+.PHONY: deploy-secrets
+deploy-secrets: $(VENV)/.installed
+	$(PY) -m ops.secrets $(if $(ROTATE),--rotate)
 
 .PHONY: soak overload fuzz
 

@@ -146,7 +146,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
                "started": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": _load_average(),
                "python": platform.python_version(), "torch": torch.__version__}
     settings = Settings.from_env()
-    config = model.read_model_config(args.repository / settings.model_name / "config.pbtxt")
+    config = model.served_config(args.repository / settings.model_name / "config.pbtxt")
     threads = model.serving_threads(config)
     version = model.served_version(args.repository / settings.model_name, args.model_version)
     images = load_images(args.images)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from google.protobuf import text_format
 from torch.profiler import ProfilerActivity, profile
 from tritonclient.grpc import model_config_pb2
 
-from model_export.triton_config import ALLOCATOR_ENV
+from model_export.triton_config import ALLOCATOR_ENV, local_config, parse_config
 
 MATMUL_SIZE = 1024
 PROFILED_PASSES = 5
@@ -22,9 +21,10 @@ PROFILED_PASSES = 5
 _MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}
 
 
-def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
-    """A Triton config.pbtxt as its protobuf."""
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+def served_config(production: Path) -> model_config_pb2.ModelConfig:
+    """The config the local tritonserver serves for the production config.pbtxt at `production`: its CPU profile,
+    which every layer measures."""
+    return parse_config(local_config(production.read_text()))
 
 
 def served_version(model_dir: Path, requested: str = "") -> str:

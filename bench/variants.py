@@ -1,19 +1,18 @@
 """Optional: Triton alone under other instance and thread counts, to tune the served config from measurements."""
 
 import contextlib
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
-from bench.model import read_model_config
 from bench.serving import WARMUP_ROUNDS, TritonLoad
 from bench.workload import ImageSet
 from gateway.domain import ModelInfo
 from harness.load import LoadResult, measure, warm_up
-from stack.triton import TritonServer
+from model_export.triton_config import CPU_PROFILE, TritonProfile
+from stack.triton import TritonServer, with_versions
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,10 @@ class Variant:
     def __str__(self) -> str:
         return f"{self.instances}x{self.threads}"
 
+    def profile(self) -> TritonProfile:
+        """The served CPU profile with this variant's instances and threads, and nothing else changed."""
+        return dataclasses.replace(CPU_PROFILE, instances=self.instances, cpu_threads=self.threads)
+
 
 @dataclass(frozen=True)
 class VariantResult:
@@ -41,19 +44,6 @@ class VariantResult:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def write_variant(repository: Path, model: ModelInfo, variant: Variant, target: Path) -> Path:
-    """A repository serving the same version's model.pt with the served config changed to `variant` only."""
-    config = read_model_config(repository / model.name / "config.pbtxt")
-    del config.instance_group[1:]
-    config.instance_group[0].count = variant.instances
-    config.parameters["INTRA_OP_THREAD_COUNT"].string_value = str(variant.threads)
-    (target / model.name / model.version).mkdir(parents=True)
-    (target / model.name / "config.pbtxt").write_text(text_format.MessageToString(config))
-    served = repository / model.name / model.version / "model.pt"
-    (target / model.name / model.version / "model.pt").symlink_to(served.resolve())
-    return target
 
 
 def _summary(variant: Variant, runs: Sequence[LoadResult]) -> VariantResult:
@@ -68,11 +58,12 @@ async def compare_variants(repository: Path, model: ModelInfo, variants: Sequenc
     """Every variant served at once (an idle server uses no CPU), measured in turns that alternate order
     every round, so that each sees the same machine; medians over rounds."""
     runs: dict[tuple[Variant, int], list[LoadResult]] = {}
+    measured_repository = with_versions(repository, work / "variants-repository", (model.version,))
     with contextlib.ExitStack() as stack:
         loads = []
         for variant in variants:
-            variant_repository = write_variant(repository, model, variant, work / f"variant-{variant}")
-            server = stack.enter_context(TritonServer(variant_repository, work_dir=work / f"triton-{variant}"))
+            server = stack.enter_context(TritonServer(measured_repository, work_dir=work / f"triton-{variant}",
+                                                      profile=variant.profile()))
             loads.append((variant, TritonLoad(server.grpc_url, model, images)))
         try:
             for round_ in range(rounds):

@@ -64,8 +64,9 @@ class Components:
         return EdgeCatalog(self.settings.data_dir / QDRANT_SUBDIR, collection)
 
     def _qdrant_client(self, url: str) -> AsyncQdrantClient:
-        """A client whose requests give up after SEARCH_TIMEOUT_SECONDS (rounded up to whole seconds)."""
-        return AsyncQdrantClient(url=url, timeout=max(1, math.ceil(self.settings.search_timeout_s)))
+        """A client with QDRANT_API_KEY whose requests give up after SEARCH_TIMEOUT_SECONDS (whole seconds)."""
+        return AsyncQdrantClient(url=url, api_key=self.settings.qdrant_api_key,
+                                 timeout=max(1, math.ceil(self.settings.search_timeout_s)))
 
     async def embedder(self, version: str, model_name: str = "") -> TritonEmbedder:
         """A client of model `model_name` (default MODEL_NAME) at `version` (empty: the latest) at TRITON_URL."""

@@ -37,11 +37,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, populate_by_name=True, extra="ignore")
 
     grpc_address: str = "[::]:50051"
+    health_port: Port | None = None
     metrics_port: Port = 9464
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     triton_url: str | None = None
     qdrant_url: str | None = None
-    redis_url: str | None = None
+    qdrant_api_key: str | None = Field(None, repr=False)
+    redis_url: str | None = Field(None, repr=False)  # may carry the password
     data_dir: Path = Path("data")
     model_name: str = "product_embedder"
     model_version: str = ""
@@ -128,8 +130,8 @@ def variable_of(field: str) -> str:
 
 
 def describe(error: ValidationError) -> str:
-    """One line per problem: the variable, the value given and what is expected (AUTH_TOKENS takes any text, so no
-    token is ever echoed)."""
+    """One line per problem: the variable, the value given and what is expected (AUTH_TOKENS, REDIS_URL and
+    QDRANT_API_KEY take any text, so no secret is ever echoed)."""
     lines = []
     for problem in error.errors():
         field = str(problem["loc"][0]) if problem["loc"] else ""

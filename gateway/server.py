@@ -42,6 +42,8 @@ class Gateway:
     health: health.aio.HealthServicer
     serving: Serving
     _monitor: asyncio.Task[None]
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -55,6 +57,8 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self._monitor.cancel()
         await self.server.stop(grace_s)
+        if self.health_server:  # answered NOT_SERVING to the probes while the requests drained
+            await self.health_server.stop(0)
 
 
 async def start_gateway(serving: Serving, settings: Settings, metrics: Metrics, address: str | None = None
@@ -62,7 +66,9 @@ async def start_gateway(serving: Serving, settings: Settings, metrics: Metrics, 
     """Starts the gRPC server over `serving` on address (default: settings.grpc_address; port 0 picks a free one).
 
     With TLS_CERT_FILE/TLS_KEY_FILE the port speaks TLS (mutual with TLS_CLIENT_CA_FILE); with
-    AUTH_TOKENS(_FILE) our services want a bearer token.
+    AUTH_TOKENS(_FILE) our services want a bearer token. With HEALTH_PORT, a second, plaintext port on the same
+    host serves the health service alone (nothing else), for probes that cannot speak TLS (Kubernetes' gRPC probes,
+    a container's HEALTHCHECK).
     """
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
@@ -84,9 +90,23 @@ async def start_gateway(serving: Serving, settings: Settings, metrics: Metrics, 
     address = address or settings.grpc_address
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
+    health_server, health_port = await _start_health_server(health_servicer, address, settings.health_port)
     monitor = asyncio.create_task(_watch_health(serving, health_servicer))
-    log.info("gateway listening on port %d, serving model %s", port, serving.pipeline.embedder.info)
-    return Gateway(server, port, health_servicer, serving, monitor)
+    log.info("gateway listening on port %d (%s), health also on plaintext port %s, serving model %s", port,
+             "TLS" if credentials else "plaintext", health_port or "-", serving.pipeline.embedder.info)
+    return Gateway(server, port, health_servicer, serving, monitor, health_server, health_port)
+
+
+async def _start_health_server(servicer: health.aio.HealthServicer, address: str, port: int | None
+                               ) -> tuple[grpc.aio.Server | None, int | None]:
+    """A plaintext server of the health service only, on `port` of the gRPC address's host (0: a free one)."""
+    if port is None:
+        return None, None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{address.rpartition(':')[0]}:{port}")
+    await server.start()
+    return server, bound
 
 
 async def _watch_health(serving: Serving, health_servicer: health.aio.HealthServicer) -> None:

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.pt"
 CONFIG_FILENAME = "config.pbtxt"
+# Written next to model.pt by `make finetune` (training/card.py): how the version was trained and checked.
+CARD_JSON = "training_card.json"
+CARD_MARKDOWN = "training_card.md"
 READABLE_BY_ALL = 0o644  # the serving process may run as another user
 READABLE_DIRECTORY = 0o755
 # Freezing folds BatchNorm into the convolutions, which moves the output by about 1e-6.

@@ -1,10 +1,10 @@
 """Runs the tritonserver binary shipped in nvidia-pytriton over a locally derived model repository.
 
-The production repository (``model_repository/``) is written for the NGC image's PyTorch backend,
+The production repository (``model_repository/``) is written for the NGC image's PyTorch backend on GPUs,
 which the bundled server lacks. ``derive_local_repository`` turns it into a python-backend
 repository that serves the very same ``model.pt`` files (linked, not copied) through
-``stack/triton_python_model.py``; the configs come from ``model_export.triton_config.local_config``,
-so names, shapes, batching and parameters cannot drift.
+``stack/triton_python_model.py``; the configs come from ``model_export.triton_config.local_config``
+with a CPU serving profile, so names, shapes, version policy and parameters cannot drift.
 
 Two flags are chosen on purpose. ``--exit-on-error=true`` (Triton's default, set explicitly): a model
 that fails to load stops the process, so a broken repository is reported at once with the errors
@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from model_export.triton_config import ALLOCATOR_ENV, local_config
+from model_export.triton_config import ALLOCATOR_ENV, CPU_PROFILE, TritonProfile, local_config
 from stack.net import free_port
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ def pytriton_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "tritonserver"
 
 
-def derive_local_repository(production: Path, local: Path) -> None:
-    """Rebuilds ``local`` as the python-backend twin of ``production``.
+def derive_local_repository(production: Path, local: Path, profile: TritonProfile = CPU_PROFILE) -> list[str]:
+    """Rebuilds ``local`` as the python-backend twin of ``production``, served with ``profile``; returns the
+    names of its models.
 
     Each ``<model>/config.pbtxt`` becomes its ``local_config``; each numeric version folder gets
     ``model.py`` and a symlink to the production ``model.pt`` (when it exists; otherwise the model
@@ -66,9 +67,22 @@ def derive_local_repository(production: Path, local: Path) -> None:
     for model_dir in model_dirs:
         target = local / model_dir.name
         target.mkdir(parents=True)
-        (target / "config.pbtxt").write_text(local_config((model_dir / "config.pbtxt").read_text()))
+        (target / "config.pbtxt").write_text(local_config((model_dir / "config.pbtxt").read_text(), profile))
         for version_dir in _version_dirs(model_dir):
             _derive_version(version_dir, target / version_dir.name)
+    return [model_dir.name for model_dir in model_dirs]
+
+
+def with_versions(repository: Path, target: Path, versions: tuple[str, ...]) -> Path:
+    """``target`` as a repository of the models in ``repository`` with only ``versions`` (linked, not copied)."""
+    for config in repository.glob("*/config.pbtxt"):
+        model_dir = target / config.parent.name
+        model_dir.mkdir(parents=True)
+        (model_dir / "config.pbtxt").symlink_to(config.resolve())
+        for version in versions:
+            if (config.parent / version).is_dir():
+                (model_dir / version).symlink_to((config.parent / version).resolve())
+    return target
 
 
 def add_new_versions(production: Path, local: Path) -> list[Path]:
@@ -130,17 +144,23 @@ class TritonServer:
     """A tritonserver process on 127.0.0.1; use as a context manager or call ``start``/``stop``.
 
     ``work_dir`` holds the derived repository, the backend copy and ``tritonserver.log``; without
-    one a temporary folder is used and removed on ``stop``. Ports left at 0 are picked free.
-    With ``poll_s`` the server polls its repository (``--model-control-mode=poll``) and model versions
-    exported into ``repository`` while it runs are derived every ``poll_s`` seconds, so it loads them as
-    a production Triton polling the repository does (the version policy decides which stay loaded).
+    one a temporary folder is used and removed on ``stop``. Ports left at 0 are picked free. The models
+    are served with ``profile`` (the CPU one; tests and benchmarks ask for others).
+    With ``poll_s``, model versions exported into ``repository`` while the server runs are derived every
+    ``poll_s`` seconds. The server then loads them itself, as a production Triton polling its repository does
+    (``--model-control-mode=poll``; the version policy decides which stay loaded), or, with ``explicit``, when
+    the repository API asks (``--model-control-mode=explicit``, every model loaded at start), as the Triton of
+    deploy/k8s does: an operator loads and unloads versions with ``ops.model_versions``.
     """
 
     def __init__(self, repository: Path, work_dir: Path | None = None, http_port: int = 0, grpc_port: int = 0,
-                 metrics_port: int = 0, ready_timeout_s: float = 120.0, poll_s: int | None = None) -> None:
+                 metrics_port: int = 0, ready_timeout_s: float = 120.0, poll_s: int | None = None,
+                 explicit: bool = False, profile: TritonProfile = CPU_PROFILE) -> None:
         self.repository = repository
         self.ready_timeout_s = ready_timeout_s
         self.poll_s = poll_s
+        self.explicit = explicit
+        self.profile = profile
         self._stop_polling = threading.Event()
         self._owns_work_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="triton-")) if work_dir is None else work_dir
@@ -166,7 +186,7 @@ class TritonServer:
     def start(self) -> "TritonServer":
         """Derives the repository, starts the server and returns once it is ready."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        derive_local_repository(self.repository, self.local_repository)
+        models = derive_local_repository(self.repository, self.local_repository, self.profile)
         backends = _prepare_backends(self.work_dir)
         command = [str(pytriton_dir() / "bin" / "tritonserver"),
                    f"--model-repository={self.local_repository}", f"--backend-directory={backends}",
@@ -174,7 +194,9 @@ class TritonServer:
                    "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                    "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
                    "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}"]
-        if self.poll_s:
+        if self.explicit:
+            command += ["--model-control-mode=explicit", *(f"--load-model={model}" for model in models)]
+        elif self.poll_s:
             command += ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_s}"]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_server_environment(),
@@ -261,8 +283,14 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--poll-s", type=int, help="derive the model versions exported while it runs every N "
+                                                    "seconds (and, without --explicit, load them)")
+    parser.add_argument("--explicit", action="store_true",
+                        help="explicit model control, as deploy/k8s runs Triton: versions load and unload through "
+                             "the repository API (make model-load, make model-unload)")
     args = parser.parse_args()
-    server = TritonServer(args.repository, args.work_dir, args.http_port, args.grpc_port, args.metrics_port)
+    server = TritonServer(args.repository, args.work_dir, args.http_port, args.grpc_port, args.metrics_port,
+                          poll_s=args.poll_s, explicit=args.explicit)
     try:
         server.start()
     except (TritonStartError, FileNotFoundError) as error:

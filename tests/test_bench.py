@@ -11,17 +11,16 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench.model import op_breakdown, read_model_config, served_version
+from bench.model import op_breakdown, served_config, served_version
 from bench.processes import place, placements
 from bench.profiling import summarize_stacks
 from bench.serving import stage_means_ms, stage_seconds
-from bench.variants import Variant, write_variant
+from bench.variants import Variant
 from bench.vectors import K, _merge_top
 from bench.workload import catalog_chunks, perturbed_embeddings
-from gateway.domain import ModelInfo
 from gateway.metrics import Metrics
 from model_export.efficientnet_lite import same_conv2d
-from model_export.triton_config import ALLOCATOR_ENV, local_config, render_config
+from model_export.triton_config import ALLOCATOR_ENV, CPU_PROFILE, local_config, parse_config, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("## 1. The TorchScript model in-process", "## 2-3. Triton alone and the gateway end to end",
@@ -106,23 +105,22 @@ def test_stage_means_come_from_the_gateways_histogram_deltas() -> None:
     assert stage_means_ms(before, after) == {"embed": pytest.approx(30.0), "search": pytest.approx(3.0)}
 
 
-def test_a_variant_changes_only_instances_and_threads_and_serves_the_measured_version(tmp_path: Path) -> None:
-    production = tmp_path / "production"
-    for version in ("1", "2"):
-        (production / "m" / version).mkdir(parents=True)
-        (production / "m" / version / "model.pt").write_bytes(b"weights " + version.encode())
-    (production / "m" / "config.pbtxt").write_text(render_config("m", "tiny", 8))
-    model = ModelInfo(name="m", version="2", backbone="tiny", dim=8)
-    variant = write_variant(production, model, Variant.parse("3x2"), tmp_path / "variant")
-    original, changed = (read_model_config(root / "m" / "config.pbtxt") for root in (production, variant))
-    assert [group.count for group in changed.instance_group] == [3]
-    assert changed.parameters["INTRA_OP_THREAD_COUNT"].string_value == "2"
-    del original.instance_group[:], changed.instance_group[:]
-    del original.parameters["INTRA_OP_THREAD_COUNT"], changed.parameters["INTRA_OP_THREAD_COUNT"]
-    assert changed == original
-    assert 'backend: "python"' in local_config((variant / "m" / "config.pbtxt").read_text())
-    assert [path.name for path in (variant / "m").iterdir() if path.is_dir()] == ["2"]
-    assert (variant / "m" / "2" / "model.pt").read_bytes() == b"weights 2"
+def test_a_variant_changes_only_instances_and_threads_of_the_served_profile() -> None:
+    production = render_config("m", "tiny", 8)
+    served, variant = (parse_config(local_config(production, profile))
+                       for profile in (CPU_PROFILE, Variant.parse("3x2").profile()))
+    assert [group.count for group in variant.instance_group] == [3]
+    assert variant.parameters["INTRA_OP_THREAD_COUNT"].string_value == "2"
+    del served.instance_group[:], variant.instance_group[:]
+    del served.parameters["INTRA_OP_THREAD_COUNT"], variant.parameters["INTRA_OP_THREAD_COUNT"]
+    assert variant == served
+
+
+def test_every_layer_measures_the_served_cpu_profile_of_the_production_config(tmp_path: Path) -> None:
+    (tmp_path / "config.pbtxt").write_text(render_config("m", "tiny", 8))
+    config = served_config(tmp_path / "config.pbtxt")
+    assert config.backend == "python" and config.max_batch_size == CPU_PROFILE.max_batch_size
+    assert config.parameters["INTRA_OP_THREAD_COUNT"].string_value == str(CPU_PROFILE.cpu_threads)
 
 
 def test_the_serving_allocator_keeps_freed_activations_instead_of_faulting_them_in_again() -> None:

@@ -8,6 +8,7 @@ import pytest
 from catalog_sources.fashion_mnist import load_split
 from gateway.images import encode_png
 from harness.gateway import RunningGateway, in_process
+from harness.health import eventually
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_client import RecsysClient
 from stack.net import free_port
@@ -41,7 +42,7 @@ def png(index: int) -> bytes:
 
 async def test_every_call_of_the_api(running: RunningGateway):
     async with RecsysClient(running.target) as client:
-        assert await client.serving()
+        await eventually(client.serving, 30, "SERVING")  # after the gateway's first check of its backends
         by_image = await client.recommend(image=png(0), limit=3)
         by_product = await client.recommend(product_id=PRODUCT, limit=3, categories=["Pullover", "T-shirt/top"])
         await client.record_view("client-user", PRODUCT)

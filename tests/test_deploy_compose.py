@@ -24,6 +24,7 @@ from gateway.config import Settings
 from harness.gateway import in_process
 from harness.health import wait_for_health
 from model_export.triton_config import ALLOCATOR_ENV
+from ops.secrets import secret_files, write_secrets
 from stack.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,9 @@ def test_the_compose_file_runs_the_whole_stack_from_files_that_exist(compose):
             assert dependency in services, f"{name} depends on {dependency}"
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("."):
+            if source.startswith("./secrets/"):
+                assert Path(source).name in secret_files(), f"{name}: {source} is not one `make deploy-secrets` writes"
+            elif source.startswith("."):
                 assert (base / source).exists(), f"{name}: {source} (model_repository comes from `make model`)"
             else:
                 assert source in compose["volumes"], f"{name}: undeclared volume {source}"
@@ -100,13 +103,46 @@ def test_the_compose_file_runs_the_whole_stack_from_files_that_exist(compose):
     assert (base / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
 
 
-def test_the_gateway_reaches_every_backend_by_service_name(compose):
-    environment = compose["services"]["gateway"]["environment"]
+def env_file(service: dict, folder: Path) -> dict[str, str]:
+    """The variables of a service's env_file, as `make deploy-secrets` writes it into `folder`."""
+    lines = (folder / Path(service["env_file"]).name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line)
+
+
+def test_the_gateway_reaches_every_backend_by_service_name(compose, tmp_path):
+    write_secrets(tmp_path)
+    gateway = compose["services"]["gateway"]
+    environment = {**env_file(gateway, tmp_path), **gateway["environment"]}
     for variable, service in (("TRITON_URL", "triton"), ("QDRANT_URL", "qdrant"), ("REDIS_URL", "redis")):
-        assert environment[variable].split("://")[-1].startswith(f"{service}:"), variable
-    assert compose["services"]["gateway"]["read_only"] is True
+        assert environment[variable].split("://")[-1].split("@")[-1].startswith(f"{service}:"), variable
+    assert gateway["read_only"] is True
     assert ALLOCATOR_ENV.items() <= compose["services"]["triton"]["environment"].items()
-    assert "--appendonly" in compose["services"]["redis"]["command"]
+
+
+def test_the_stack_is_secure_by_default_with_secrets_it_does_not_ship(compose, stages, tmp_path):
+    """Tokens and TLS on the gateway, a password on Redis, an API key on Qdrant: all from ./secrets, which
+    `make deploy-secrets` writes and git ignores; this fails as soon as the gateway would run without them."""
+    services = compose["services"]
+    write_secrets(tmp_path)
+    gateway = services["gateway"]
+    environment = gateway["environment"]
+    mounted = {name: f"/run/secrets/{name}" for name in gateway["secrets"]}
+    assert environment["AUTH_TOKENS_FILE"] == mounted["tokens.json"] and "AUTH_TOKENS" not in environment
+    assert (environment["TLS_CERT_FILE"], environment["TLS_KEY_FILE"]) == (mounted["tls.crt"], mounted["tls.key"])
+    for name, secret in compose["secrets"].items():
+        assert secret["file"].startswith("secrets/") and (tmp_path / Path(secret["file"]).name).exists(), name
+    assert "secrets/" in (ROOT / ".gitignore").read_text().replace("deploy/compose/", "")
+    redis = services["redis"]
+    password = env_file(redis, tmp_path)["REDIS_PASSWORD"]
+    command = " ".join(redis["command"])
+    assert '--requirepass "$$REDIS_PASSWORD"' in command and "--appendfsync always" in command
+    assert env_file(gateway, tmp_path)["REDIS_URL"].startswith(f"redis://:{password}@redis:")
+    assert env_file(services["redis-exporter"], tmp_path)["REDIS_PASSWORD"] == password
+    api_key = env_file(services["qdrant"], tmp_path)["QDRANT__SERVICE__API_KEY"]
+    assert env_file(gateway, tmp_path)["QDRANT_API_KEY"] == api_key
+    assert "./secrets/qdrant-api-key:/etc/prometheus/secrets/qdrant-api-key:ro" in services["prometheus"]["volumes"]
+    image_environment = " ".join(arguments(stages[-1], "ENV"))
+    assert f"HEALTH_PORT={environment['HEALTH_PORT']}" in image_environment, "the HEALTHCHECK asks this port"
 
 
 def test_prometheus_scrapes_compose_services_and_grafana_loads_the_provisioned_files(compose):
@@ -136,7 +172,10 @@ def test_the_image_is_slim_non_root_runs_the_console_script_and_checks_its_own_h
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", DOCKERFILE.read_text(), re.MULTILINE)
     exposed = {int(port) for args in arguments(final, "EXPOSE") for port in args.split()}
     defaults = Settings()
-    assert exposed == {int(defaults.grpc_address.rsplit(":", 1)[1]), defaults.metrics_port}
+    health_port = int(next(args for args in arguments(final, "ENV") if "HEALTH_PORT=" in args).split(
+        "HEALTH_PORT=")[1].split()[0])
+    assert exposed == {int(defaults.grpc_address.rsplit(":", 1)[1]), health_port, defaults.metrics_port}
+    assert f"localhost:{health_port}" in arguments(final, "HEALTHCHECK")[0], "the probe asks the plaintext port"
     healthcheck = arguments(final, "HEALTHCHECK")[0]
     assert "/app/healthcheck.py" in healthcheck
     assert any(args.split() == ["deploy/docker/healthcheck.py", "healthcheck.py"] for args in arguments(final, "COPY"))

@@ -1,7 +1,11 @@
-"""deploy/k8s: rendered by kustomize, validated offline against the Kubernetes and Prometheus Operator
-schemas, checked for the properties the service relies on, and its gRPC probes asked of a real gateway."""
+"""deploy/k8s: rendered by kustomize (with secrets made by `make deploy-secrets`), validated offline against the
+Kubernetes and Prometheus Operator schemas, checked for the properties the service relies on (secure by default
+first), and its gRPC probes asked of a real gateway configured as the manifest configures it."""
 
+import base64
 import copy
+import functools
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +22,7 @@ from gateway.config import Settings
 from harness.gateway import RunningGateway, in_process
 from harness.health import eventually
 from model_export.triton_config import ALLOCATOR_ENV
+from ops.secrets import write_secrets
 from stack.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +34,31 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 CHECK_TIMEOUT_S = 30.0  # backends are checked every 2 s; the bound only keeps a failure from hanging
 
 
-@pytest.fixture(scope="module")
-def manifests() -> list[dict]:
-    """Every object `kubectl apply -k deploy/k8s` would apply."""
+def kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is needed to render deploy/k8s (kubectl kustomize)")
-    rendered = subprocess.run([kubectl, "kustomize", str(K8S)], check=False, capture_output=True, text=True,
-                              timeout=120)
-    assert rendered.returncode == 0, rendered.stderr
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    return subprocess.run([kubectl, "kustomize", str(directory)], check=False, capture_output=True, text=True,
+                          timeout=120)
+
+
+def kit_with_secrets(target: Path) -> Path:
+    """A copy of deploy/k8s with a fresh set of secrets in it, as `make deploy-secrets` writes them."""
+    shutil.copytree(K8S, target, ignore=shutil.ignore_patterns("secrets"))
+    write_secrets(target / "secrets")
+    return target
+
+
+def rendered(directory: Path) -> list[dict]:
+    result = kustomize(directory)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Every object `kubectl apply -k deploy/k8s` would apply, once the secrets are made."""
+    return rendered(kit_with_secrets(tmp_path_factory.mktemp("k8s") / "k8s"))
 
 
 def find(manifests: list[dict], kind: str, name: str) -> dict:
@@ -52,8 +72,33 @@ def containers(workload: dict) -> list[dict]:
     return pod.get("initContainers", []) + pod["containers"]
 
 
-def env(container: dict) -> dict[str, str]:
-    return {variable["name"]: variable["value"] for variable in container.get("env", [])}
+def env(container: dict, manifests: list[dict] | None = None) -> dict[str, str]:
+    """A container's environment; with `manifests`, the variables set from a Secret too (their decoded value)."""
+    values = {}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            values[variable["name"]] = variable["value"]
+        elif manifests is not None and "secretKeyRef" in variable["valueFrom"]:
+            reference = variable["valueFrom"]["secretKeyRef"]
+            secret = find(manifests, "Secret", reference["name"])
+            values[variable["name"]] = base64.b64decode(secret["data"][reference["key"]]).decode()
+    return values
+
+
+def gateway_containers(manifests: list[dict]) -> list[tuple[dict, dict]]:
+    """(pod spec, container) of every container that runs the gateway (init containers only wait)."""
+    return [(workload["spec"]["template"]["spec"], container)
+            for workload in manifests if workload["kind"] in WORKLOADS
+            for container in workload["spec"]["template"]["spec"]["containers"]
+            if container["image"].split("/")[-1].startswith(("recsys-gateway", "gateway"))]
+
+
+def mounted_secret(pod: dict, container: dict, path: str) -> str:
+    """The name of the Secret whose volume holds the file at `path` in the container; fails if none does."""
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, f"{path} comes from {volume}, not from a Secret"
+    return str(volume["secret"]["secretName"])
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -112,12 +157,95 @@ def test_every_container_is_unprivileged_with_requests_and_limits(manifests):
             assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
 
 
+def test_every_gateway_wants_tokens_and_speaks_tls_with_credentials_from_secrets(manifests):
+    """The kit is secure by default: this fails as soon as any gateway would run without authentication or TLS."""
+    gateways = gateway_containers(manifests)
+    assert gateways
+    for pod, container in gateways:
+        variables = env(container)
+        assert "AUTH_TOKENS" not in variables, "tokens come from a mounted Secret, not from the manifest"
+        tokens = find(manifests, "Secret", mounted_secret(pod, container, variables["AUTH_TOKENS_FILE"]))
+        table = json.loads(base64.b64decode(tokens["data"]["tokens.json"]))
+        scopes = sorted(tuple(granted) for granted in table.values())
+        assert scopes == [("read",), ("write",)], "a read token for callers and a write token apart"
+        for variable in ("TLS_CERT_FILE", "TLS_KEY_FILE"):
+            assert mounted_secret(pod, container, variables[variable]) == "recsys-gateway-tls", variable
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], "only the gateway reads them"
+        for volume in pod["volumes"]:
+            if "secret" in volume:
+                assert volume["secret"]["defaultMode"] & 0o007 == 0, f"{volume['name']} is not world-readable"
+    tls = find(manifests, "Secret", "recsys-gateway-tls")
+    assert tls["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(tls["data"])
+
+
+def test_redis_wants_a_password_and_qdrant_an_api_key_that_the_gateway_sends(manifests):
+    (_, gateway), = gateway_containers(manifests)
+    variables = env(gateway, manifests)
+    redis = find(manifests, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
+    server, exporter = env(redis[0], manifests), env(redis[1], manifests)
+    password = server["REDIS_PASSWORD"]
+    assert len(password) >= 32 and redis[0]["args"][redis[0]["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert variables["REDIS_URL"].startswith(f"redis://:{password}@")
+    assert exporter["REDIS_PASSWORD"] == password and server["REDISCLI_AUTH"] == password
+    qdrant = env(find(manifests, "StatefulSet", "qdrant")["spec"]["template"]["spec"]["containers"][0], manifests)
+    assert len(qdrant["QDRANT__SERVICE__API_KEY"]) >= 32
+    assert variables["QDRANT_API_KEY"] == qdrant["QDRANT__SERVICE__API_KEY"]
+    waiting = find(manifests, "Deployment", "recsys-gateway")["spec"]["template"]["spec"]["initContainers"][0]
+    assert env(waiting, manifests)["QDRANT_API_KEY"] == qdrant["QDRANT__SERVICE__API_KEY"]
+
+
+def test_network_policies_admit_callers_prometheus_and_the_gateway_only(manifests):
+    policies = [doc for doc in manifests if doc["kind"] == "NetworkPolicy"]
+    deny = find(manifests, "NetworkPolicy", "default-deny-ingress")["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    for workload in (doc for doc in manifests if doc["kind"] in WORKLOADS):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        own = [p for p in policies if p["spec"]["podSelector"] and selects(p["spec"]["podSelector"]["matchLabels"],
+                                                                             labels)]
+        assert own, f"{workload['metadata']['name']} has no policy of its own: nothing could reach it"
+        ports = {port["name"] for container in workload["spec"]["template"]["spec"]["containers"]
+                 for port in container["ports"]}
+        for rule in own[0]["spec"]["ingress"]:
+            assert {port["port"] for port in rule["ports"]} <= ports, workload["metadata"]["name"]
+            if not rule.get("from"):
+                assert [port["port"] for port in rule["ports"]] == ["health"], "only the health port is open"
+    gateway_rules = find(manifests, "NetworkPolicy", "recsys-gateway")["spec"]["ingress"]
+    grpc_rule = next(rule for rule in gateway_rules if rule["ports"] == [{"port": "grpc"}])
+    assert grpc_rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "recsys-gateway-client": "true"}}}]
+    for backend in ("redis", "triton", "qdrant"):
+        sources = [source for rule in find(manifests, "NetworkPolicy", backend)["spec"]["ingress"]
+                   for source in rule["from"]]
+        assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "recsys-gateway"}}} in sources, backend
+
+
+def test_without_the_secrets_the_kit_does_not_render(tmp_path):
+    shutil.copytree(K8S, tmp_path / "k8s", ignore=shutil.ignore_patterns("secrets"))
+    result = kustomize(tmp_path / "k8s")
+    assert result.returncode != 0 and "secrets/tokens.json" in result.stderr
+
+
+def test_cert_manager_can_issue_the_gateway_certificate_instead(tmp_path):
+    kit = kit_with_secrets(tmp_path / "k8s")
+    with (kit / "kustomization.yaml").open("a") as kustomization:
+        kustomization.write("components:\n  - components/cert-manager\n")
+    objects = rendered(kit)
+    assert not [doc for doc in objects if doc["kind"] == "Secret" and doc["metadata"]["name"] == "recsys-gateway-tls"]
+    certificate = find(objects, "Certificate", "recsys-gateway")["spec"]
+    assert certificate["secretName"] == "recsys-gateway-tls"
+    assert {"recsys-gateway", "recsys-gateway.recsys.svc.cluster.local"} <= set(certificate["dnsNames"])
+    assert find(objects, "Issuer", certificate["issuerRef"]["name"])["spec"]["ca"]["secretName"] == "recsys-ca"
+    (pod, container), = gateway_containers(objects)
+    assert mounted_secret(pod, container, env(container)["TLS_CERT_FILE"]) == "recsys-gateway-tls"
+
+
 def test_the_gateway_has_grpc_probes_a_read_only_root_and_scales_out(manifests):
     gateway = find(manifests, "Deployment", "recsys-gateway")
     container = gateway["spec"]["template"]["spec"]["containers"][0]
-    grpc_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "grpc")
+    health_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "health")
+    assert int(env(container)["HEALTH_PORT"]) == health_port, "kubelet's gRPC probes speak plaintext: not the TLS port"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == grpc_port, probe
+        assert container[probe]["grpc"]["port"] == health_port, probe
     assert container["readinessProbe"]["grpc"].get("service", "") == ""  # follows the backends
     assert container["livenessProbe"]["grpc"]["service"] == "liveness"  # ignores them
     for each in containers(gateway):
@@ -164,6 +292,7 @@ def test_redis_persists_an_append_only_file_on_a_volume(manifests):
     redis = find(manifests, "StatefulSet", "redis")
     server = redis["spec"]["template"]["spec"]["containers"][0]
     assert server["args"][server["args"].index("--appendonly") + 1] == "yes"
+    assert server["args"][server["args"].index("--appendfsync") + 1] == "always", "no acknowledged view is lost"
     data = next(mount for mount in server["volumeMounts"] if mount["mountPath"] == "/data")
     assert data["name"] in {claim["metadata"]["name"] for claim in redis["spec"]["volumeClaimTemplates"]}
 
@@ -192,9 +321,9 @@ def test_services_and_monitors_reach_existing_pods_ports_and_alert_jobs(manifest
 
 def test_the_gateway_reaches_its_backends_through_services(manifests):
     container = find(manifests, "Deployment", "recsys-gateway")["spec"]["template"]["spec"]["containers"][0]
-    urls = env(container)
+    urls = env(container, manifests)
     for variable in ("TRITON_URL", "QDRANT_URL", "REDIS_URL"):
-        host, port = urls[variable].split("://")[-1].split("/")[0].split(":")
+        host, port = urls[variable].split("://")[-1].split("/")[0].split("@")[-1].split(":")
         service = find(manifests, "Service", host)
         assert int(port) in {p["port"] for p in service["spec"]["ports"]}, variable
     metrics_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "metrics")
@@ -214,19 +343,54 @@ def dependency_up(served: RunningGateway, labels: dict[str, str]) -> float | Non
 
 
 async def test_the_probes_ask_what_a_real_gateway_answers(manifests, triton_server, redis_server, tmp_path):
-    """Readiness and liveness stay SERVING while Redis is down (answers degrade to visual only); the
+    """With TLS and tokens on, as the manifest runs it, kubelet's plaintext probes get their answers from the health
+    port. Readiness and liveness stay SERVING while Redis is down (answers degrade to visual only); the
     outage shows in recsys_dependency_up."""
-    container = find(manifests, "Deployment", "recsys-gateway")["spec"]["template"]["spec"]["containers"][0]
+    _, container = gateway_containers(manifests)[0]
+    variables = env(container)
+    secrets = tmp_path / "secrets"
+    write_secrets(secrets)
     readiness = container["readinessProbe"]["grpc"].get("service", "")
     liveness = container["livenessProbe"]["grpc"]["service"]
     history_up = {"dependency": "history"}
     for redis, redis_up in ((redis_server, True), (RedisServer(tmp_path / "never-started"), False)):
         settings = Settings(triton_url=triton_server.grpc_url, redis_url=redis.url,
-                            data_dir=tmp_path / f"data-{redis_up}")
+                            data_dir=tmp_path / f"data-{redis_up}", health_port=0,
+                            auth_tokens_file=secrets / Path(variables["AUTH_TOKENS_FILE"]).name,
+                            tls_cert_file=secrets / Path(variables["TLS_CERT_FILE"]).name,
+                            tls_key_file=secrets / Path(variables["TLS_KEY_FILE"]).name)
         async with in_process(settings, grace_s=1) as served:
+            probe_target = f"127.0.0.1:{served.gateway.health_port}"
             # The gateway checks its backends at start, then every 2 s; the health status follows the check.
             await eventually(lambda: dependency_up(served, history_up) is not None, CHECK_TIMEOUT_S,
                              "the first backend check")
             assert dependency_up(served, history_up) == redis_up
-            await eventually(lambda: serving(served.target, readiness), CHECK_TIMEOUT_S, "readiness SERVING")
-            assert await serving(served.target, liveness)
+            await eventually(functools.partial(serving, probe_target, readiness), CHECK_TIMEOUT_S,
+                             "readiness SERVING")
+            assert await serving(probe_target, liveness)
+
+
+def test_triton_serves_in_explicit_mode_the_repository_its_init_container_copies_from_the_artifact_image(manifests):
+    pod = find(manifests, "Deployment", "triton")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    triton = pod["containers"][0]
+    repository = next(arg.split("=", 1)[1] for arg in triton["args"] if arg.startswith("--model-repository="))
+    assert {"--model-control-mode=explicit", f"--load-model={Settings().model_name}"} <= set(triton["args"])
+    served = next(mount for mount in triton["volumeMounts"] if mount["mountPath"] == repository)
+    filled = next(mount for mount in init["volumeMounts"] if mount["name"] == served["name"])
+    assert served.get("readOnly") is True
+    assert init["command"] == ["cp", "-R", "/models/.", filled["mountPath"] + "/"]  # the image's ADD destination
+    assert init["image"].split("/")[-1].split(":")[0] == "model-repository"
+    volume = next(volume for volume in pod["volumes"] if volume["name"] == served["name"])
+    assert "emptyDir" in volume
+    claims = [doc["metadata"]["name"] for doc in manifests if doc["kind"] == "PersistentVolumeClaim"]
+    assert not [claim for claim in claims if "triton" in claim], "no volume that nothing fills"
+
+
+def test_the_headless_triton_service_lists_every_pod_for_the_model_version_commands(manifests):
+    triton = find(manifests, "Deployment", "triton")
+    headless = find(manifests, "Service", "triton-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], triton["spec"]["template"]["metadata"]["labels"])
+    assert [port["targetPort"] for port in headless["spec"]["ports"]] == ["grpc"]
+    assert triton["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0

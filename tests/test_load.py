@@ -1,4 +1,5 @@
-"""The load profiles: a short k6 smoke run against a real gateway, and the ghz configurations' requests."""
+"""The load profiles: short k6 smoke runs against a real gateway, plaintext and, through `make load`, with TLS and
+bearer tokens; the request files. tests/test_load_ghz.py checks the ghz configurations."""
 
 import asyncio
 import json
@@ -9,12 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from google.protobuf import json_format, message_factory
+import trustme
 
 from gateway.config import Settings
 from harness.gateway import RunningGateway, in_process
-from recsys_api.v1 import recsys_pb2 as pb
-from tests.triton_fixtures import PATIENT_TIMEOUTS
+from tests.triton_fixtures import PATIENT_TIMEOUTS, tiny_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD = ROOT / "deploy" / "load"
@@ -22,15 +22,11 @@ K6_SCRIPT = LOAD / "k6" / "recommend.js"
 K6 = Path(sys.executable).parent / "k6"
 CATALOG_SIZE = 64  # the request files use products among the first 64 training images
 MIXES = ("image", "product", "history")
-# Every key ghz reads from a JSON configuration (its runner's Config).
-GHZ_KEYS = {
-    "proto", "protoset", "call", "import-paths", "host", "insecure", "cacert", "cert", "key", "cname", "skipTLS",
-    "authority", "data", "data-file", "binary-file", "metadata", "metadata-file", "total", "concurrency",
-    "connections", "rps", "duration", "max-duration", "timeout", "connect-timeout", "keepalive", "name", "tags",
-    "format", "output", "load-schedule", "load-start", "load-end", "load-step", "load-step-duration",
-    "load-max-duration", "concurrency-schedule", "concurrency-start", "concurrency-end", "concurrency-step",
-    "concurrency-step-duration", "concurrency-max-duration", "skipFirst", "async", "cpus", "count-errors",
-}
+VIEWS = len(json.loads((LOAD / "data" / "record-views.json").read_text()))
+READER = "load-reader-token-0123456789"
+# Latency limits at the patient request timeout: these runs check the wiring, not the SLO.
+PATIENT_LIMITS = {"TIMEOUT": "30s", "P95_MS": "30000", "P99_MS": "30000"}
+MAKE_TLS_FILES = {"CACERT": "ca", "CERT": "client", "KEY": "client_key"}  # make load's variables: tls_files' keys
 pytestmark = pytest.mark.slow
 
 
@@ -42,14 +38,13 @@ async def served(triton_server, redis_server, tmp_path_factory) -> AsyncIterator
         yield served
 
 
-async def k6(target: str, summary: Path, timeout_s: float = 120, **env: str) -> tuple[int, str]:
-    """Runs the k6 script (without blocking the event loop that serves the gateway); exit code and output."""
-    options = [f"--env={name}={value}" for name, value in {"TARGET": target, **env}.items()]
-    process = await asyncio.create_subprocess_exec(
-        str(K6), "run", "--quiet", "--no-color", f"--summary-export={summary}", *options, str(K6_SCRIPT),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+async def run(command: list[str], **env: str) -> tuple[int, str]:
+    """Runs `command` from the repository root with `env` added to the environment, without blocking the event
+    loop that serves the gateway, for two minutes at most; its exit code and output."""
+    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env={**os.environ, **env},
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
+        output, _ = await asyncio.wait_for(process.communicate(), 120)
     except TimeoutError:
         process.kill()
         await process.wait()
@@ -57,18 +52,30 @@ async def k6(target: str, summary: Path, timeout_s: float = 120, **env: str) -> 
     return process.returncode or 0, output.decode(errors="replace")
 
 
-async def test_k6_smoke_profile_passes_its_thresholds_for_every_mix(served, tmp_path):
-    # Latency limits at the patient request timeout: this checks the wiring, not the SLO.
-    code, output = await k6(served.target, tmp_path / "summary.json", PROFILE="smoke", DURATION="6s",
-                            TIMEOUT="30s", P95_MS="30000", P99_MS="30000")
-    assert code == 0, output
-    metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+async def k6(target: str, summary: Path, **env: str) -> tuple[int, str]:
+    """The k6 script run directly, its settings given with --env."""
+    options = [f"--env={name}={value}" for name, value in {"TARGET": target, **env}.items()]
+    return await run([str(K6), "run", "--quiet", "--no-color", f"--summary-export={summary}", *options,
+                      str(K6_SCRIPT)])
+
+
+def passed_every_threshold(summary: Path) -> dict:
+    """The summary's metrics, once checked: every mix ran, within the patient limits, with no failed request."""
+    metrics = json.loads(summary.read_text())["metrics"]
     for mix in MIXES:
         assert metrics[f"grpc_req_duration{{scenario:{mix}}}"]["thresholds"] == {
             "p(95)<30000": False, "p(99)<30000": False}, mix  # False: not crossed
         failed = metrics[f"recsys_failed_requests{{scenario:{mix}}}"]
         assert failed["value"] == 0 and failed["fails"] >= 1, mix  # a Rate's "fails" counts false samples
     assert metrics["checks"]["fails"] == 0
+    return metrics
+
+
+async def test_k6_smoke_profile_passes_its_thresholds_for_every_mix(served, tmp_path):
+    code, output = await k6(served.target, tmp_path / "summary.json", PROFILE="smoke", DURATION="6s",
+                            **PATIENT_LIMITS)
+    assert code == 0, output
+    metrics = passed_every_threshold(tmp_path / "summary.json")
     print(f"k6 smoke: {metrics['iterations']['count']} requests; p95 by mix (ms): "
           + ", ".join(f"{mix} {metrics[f'grpc_req_duration{{scenario:{mix}}}']['p(95)']:.0f}" for mix in MIXES))
 
@@ -87,20 +94,6 @@ def test_k6_refuses_an_unknown_profile():
     assert "unknown PROFILE soak" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("config_path", sorted((LOAD / "ghz").glob("*.json")), ids=lambda path: path.name)
-def test_ghz_configurations_send_valid_requests_to_existing_rpcs(config_path: Path):
-    config = json.loads(config_path.read_text())
-    assert set(config) <= GHZ_KEYS, set(config) - GHZ_KEYS
-    assert (ROOT / config["proto"]).exists() and config["insecure"]
-    service_name, method_name = config["call"].rsplit(".", 1)
-    method = pb.DESCRIPTOR.services_by_name[service_name.removeprefix("recsys.v1.")].methods_by_name[method_name]
-    requests = json.loads((ROOT / config["data-file"]).read_text())
-    assert requests
-    for request in requests:
-        message = json_format.ParseDict(request, message_factory.GetMessageClass(method.input_type)())
-        assert message.ByteSize() > 0
-
-
 def test_request_files_are_the_generated_ones(tmp_path):
     subprocess.run([sys.executable, str(LOAD / "make_data.py"), "--out", str(tmp_path)], check=True, timeout=120,
                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -108,3 +101,64 @@ def test_request_files_are_the_generated_ones(tmp_path):
     assert committed == sorted(path.name for path in tmp_path.glob("*.json"))
     for name in committed:
         assert (tmp_path / name).read_text() == (LOAD / "data" / name).read_text(), name
+
+
+# --- `make load` against a gateway with mutual TLS and bearer tokens --------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    """PEM files: the gateway's certificate and key from one CA, a client's from another, and both CAs."""
+    folder = tmp_path_factory.mktemp("tls")
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    server, client = server_ca.issue_cert("127.0.0.1"), client_ca.issue_cert("load@recsys.test")
+    blobs = {"ca": [server_ca.cert_pem], "server": server.cert_chain_pems, "server_key": [server.private_key_pem],
+             "client_ca": [client_ca.cert_pem], "client": client.cert_chain_pems,
+             "client_key": [client.private_key_pem]}
+    for name, pems in blobs.items():
+        (folder / f"{name}.pem").write_bytes(b"".join(pem.bytes() for pem in pems))
+    return {name: folder / f"{name}.pem" for name in blobs}
+
+
+@pytest.fixture(scope="module")
+async def secured(tiny_triton, redis_server, tls_files, tmp_path_factory) -> AsyncIterator[RunningGateway]:
+    settings = tiny_settings(tiny_triton.grpc_url, redis_server.url, tmp_path_factory.mktemp("data"),
+                             tls_cert_file=tls_files["server"], tls_key_file=tls_files["server_key"],
+                             tls_client_ca_file=tls_files["client_ca"], auth_tokens=json.dumps({READER: ["read"]}),
+                             **PATIENT_TIMEOUTS)
+    async with in_process(settings, CATALOG_SIZE) as running:
+        yield running
+
+
+async def make_load(secured: RunningGateway, tls_files: dict[str, Path], summary: Path, token: str, duration: str,
+                    **script_env: str) -> tuple[int, str]:
+    """`make load PROFILE=smoke` for `duration` with the client certificate, trusting the gateway's CA (paths relative
+    to the repository root, as an operator gives them), with `token` (none if empty), and `script_env` in the
+    environment, which the k6 script reads too. The virtual environment counts as installed."""
+    files = {name: os.path.relpath(tls_files[key], ROOT) for name, key in MAKE_TLS_FILES.items()}
+    variables = {"PROFILE": "smoke", "DURATION": duration, "GATEWAY": secured.target, "LOAD_SUMMARY": summary,
+                 "TOKEN": token, **files}
+    return await run(["make", "--no-print-directory", "--assume-old=.venv/.installed", "load",
+                      *(f"{name}={value}" for name, value in variables.items())], **PATIENT_LIMITS, **script_env)
+
+
+def requests_of(running: RunningGateway, method: str, code: str) -> float:
+    return running.sample("recsys_requests_total", {"method": method, "code": code})
+
+
+async def test_make_load_passes_over_mutual_tls_with_the_token_on_every_call(secured, tls_files, tmp_path):
+    views_before = requests_of(secured, "RecordView", "OK")
+    code, output = await make_load(secured, tls_files, tmp_path / "summary.json", READER, "3s")
+    assert code == 0, output
+    assert READER not in output  # neither make nor k6 shows the token
+    passed_every_threshold(tmp_path / "summary.json")
+    assert requests_of(secured, "RecordView", "OK") - views_before == VIEWS  # setup() sent the token too
+
+
+async def test_make_load_without_the_token_fails_on_unauthenticated_requests(secured, tls_files, tmp_path):
+    refused_before = requests_of(secured, "Recommend", "UNAUTHENTICATED")
+    code, output = await make_load(secured, tls_files, tmp_path / "summary.json", "", "2s",
+                                   MIX_HISTORY="0")  # without the history mix, setup() records no views
+    assert code == 2 and "Error 99" in output, output  # make's report of k6's exit code for crossed thresholds
+    refused = requests_of(secured, "Recommend", "UNAUTHENTICATED") - refused_before
+    failed = json.loads((tmp_path / "summary.json").read_text())["metrics"]["recsys_failed_requests"]
+    assert failed["value"] == 1 and failed["passes"] == refused > 0  # a Rate's "passes" counts true samples

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tritonclient.grpc import model_config_pb2
 
 from model_export.efficientnet_lite import EfficientNetLite0, same_conv2d, same_padding
 from model_export.embedding import (
@@ -19,6 +20,16 @@ from model_export.embedding import (
     resnet50_architecture,
 )
 from model_export.export import export_model, probe_images, to_torchscript, write_atomically
+from model_export.triton_config import (
+    CPU_PROFILE,
+    GPU_PROFILE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TritonProfile,
+    local_config,
+    parse_config,
+    render_config,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
@@ -69,10 +80,11 @@ def test_cli_writes_model_config_and_log(lite0_export: tuple[Path, str]) -> None
     repository, log = lite0_export
     model_dir = repository / "product_embedder"
     assert sorted(path.name for path in (model_dir / "3").iterdir()) == ["model.pt"]
-    config = (model_dir / "config.pbtxt").read_text()
-    assert 'name: "product_embedder"' in config
-    assert f"dims: [ {LITE0_DIM} ]" in config
-    assert 'string_value: "efficientnet_lite0" }' in config
+    config = parse_config((model_dir / "config.pbtxt").read_text())
+    assert config.name == "product_embedder" and config.platform == "pytorch_libtorch"
+    assert list(config.output[0].dims) == [LITE0_DIM]
+    assert config.parameters["backbone"].string_value == "efficientnet_lite0"
+    assert config.max_batch_size == GPU_PROFILE.max_batch_size, "the production repository serves the GPU profile"
     assert str(find_efficientnet_lite0_weights()) in log
     assert f"D={LITE0_DIM}" in log
 
@@ -184,9 +196,9 @@ def test_resnet50_weights_variable_naming_no_file_is_an_error(monkeypatch: pytes
 
 def test_resnet50_random_weights_export_loads_with_torch_alone(tmp_path: Path) -> None:
     path = export_model(tmp_path, "product_embedder", "resnet50", random_weights=True)
-    config = (tmp_path / "product_embedder" / "config.pbtxt").read_text()
-    assert 'string_value: "resnet50-random" }' in config
-    assert f"dims: [ {RESNET50_DIM} ]" in config
+    config = parse_config((tmp_path / "product_embedder" / "config.pbtxt").read_text())
+    assert config.parameters["backbone"].string_value == "resnet50-random"
+    assert list(config.output[0].dims) == [RESNET50_DIM]
     check = (
         "import json, sys, torch\n"
         "images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)\n"
@@ -218,3 +230,54 @@ def test_write_atomically_replaces_or_leaves_the_target(tmp_path: Path) -> None:
     assert [path.name for path in tmp_path.iterdir()] == ["model.pt"]
     assert target.read_text() == "new"
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def signature(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
+    """What every profile of a model shares: its name, input and output, version policy and parameters other
+    than the CPU thread counts."""
+    shared = model_config_pb2.ModelConfig(name=config.name)
+    shared.input.extend(config.input)
+    shared.output.extend(config.output)
+    shared.version_policy.CopyFrom(config.version_policy)
+    for key, value in config.parameters.items():
+        if "THREAD_COUNT" not in key:
+            shared.parameters[key].CopyFrom(value)
+    return shared
+
+
+def serving(config: model_config_pb2.ModelConfig) -> TritonProfile:
+    """The serving profile a parsed config carries."""
+    threads = config.parameters.get("INTRA_OP_THREAD_COUNT")
+    return TritonProfile(config.max_batch_size, tuple(config.dynamic_batching.preferred_batch_size),
+                         config.dynamic_batching.max_queue_delay_microseconds,
+                         sum(group.count for group in config.instance_group), config.instance_group[0].kind,
+                         config.dynamic_batching.default_queue_policy.max_queue_size,
+                         int(threads.string_value) if threads else None)
+
+
+def test_the_gpu_and_cpu_profiles_are_valid_triton_configs_of_one_signature() -> None:
+    production = parse_config(render_config("product_embedder", "efficientnet_lite0", LITE0_DIM))
+    local = parse_config(local_config(render_config("product_embedder", "efficientnet_lite0", LITE0_DIM)))
+    assert (production.platform, production.backend) == ("pytorch_libtorch", "")
+    assert (local.platform, local.backend) == ("", "python")
+    assert signature(local) == signature(production)
+    assert [tensor.name for tensor in production.input] == [INPUT_NAME]
+    assert [tensor.name for tensor in production.output] == [OUTPUT_NAME]
+    assert production.version_policy.latest.num_versions == 2
+    assert production.parameters["backbone"].string_value == "efficientnet_lite0"
+    assert (serving(production), serving(local)) == (GPU_PROFILE, CPU_PROFILE)
+
+
+def test_the_gpu_profile_batches_dynamically_on_gpus_and_the_cpu_profile_keeps_the_measured_values() -> None:
+    assert GPU_PROFILE.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and GPU_PROFILE.cpu_threads is None
+    assert GPU_PROFILE.max_batch_size >= 32 and GPU_PROFILE.max_queue_delay_us > 0
+    assert max(GPU_PROFILE.preferred_batch_sizes) <= GPU_PROFILE.max_batch_size
+    measured_on_two_cores = TritonProfile(max_batch_size=4, preferred_batch_sizes=(4,), max_queue_delay_us=2000,
+                                          instances=2, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU,
+                                          max_queue_size=64, cpu_threads=1)
+    assert measured_on_two_cores == CPU_PROFILE
+
+
+def test_a_local_config_is_derived_from_production_configs_only() -> None:
+    with pytest.raises(ValueError, match="not a pytorch_libtorch config"):
+        local_config(local_config(render_config("m", "tiny", 8)))

@@ -26,6 +26,7 @@ import yaml
 from gateway.config import Settings
 from harness.gateway import RunningGateway, in_process
 from harness.health import eventually
+from ops.secrets import write_secrets
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
@@ -210,8 +211,11 @@ def panel_queries() -> list[tuple[str, str]]:
     return found
 
 
-def test_promtool_accepts_the_configuration_and_the_rules():
-    config = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+def test_promtool_accepts_the_configuration_and_the_rules(tmp_path):
+    """Checked where the compose file mounts it: with the secrets Prometheus reads (Qdrant's API key) beside it."""
+    shutil.copytree(PROMETHEUS_DIR, tmp_path / "prometheus")
+    write_secrets(tmp_path / "prometheus" / "secrets")
+    config = promtool("check", "config", str(tmp_path / "prometheus" / "prometheus.yml"))
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))))
     assert rules.returncode == 0, rules.stdout + rules.stderr

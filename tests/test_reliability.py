@@ -26,7 +26,7 @@ from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
 from stack.redis import RedisServer
 from stack.triton import TritonServer
-from tests.triton_fixtures import TINY_CATALOG_SIZE, start_triton, tiny_settings
+from tests.triton_fixtures import TINY_CATALOG_SIZE, TINY_PROFILE, start_triton, tiny_settings
 
 pytestmark = pytest.mark.slow
 PRODUCT = "fmnist-train-000003"
@@ -45,7 +45,7 @@ def own_redis(tmp_path_factory) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def own_triton(tiny_repository) -> Iterator[TritonServer]:
-    server = start_triton(tiny_repository)
+    server = start_triton(tiny_repository, TINY_PROFILE)
     yield server
     server.stop()
 

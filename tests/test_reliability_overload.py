@@ -7,6 +7,7 @@ report (README, Reliability).
 """
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,7 +17,7 @@ from gateway.config import Settings
 from harness.gateway import RunningGateway, in_process
 from harness.health import SERVING, wait_for_health
 from harness.load import Outcome, timed
-from model_export.triton_config import render_config
+from model_export.triton_config import CPU_PROFILE, render_config
 from ops.overload import image_queries, measure_overload, sample_photos
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
@@ -75,11 +76,10 @@ def short_queue_triton(tmp_path_factory):
 
     module = torch.jit.script(TinyEmbedder(TINY_DIM).eval())
     repository = tmp_path_factory.mktemp("short_queue")
-    config = render_config(TINY_MODEL, TINY_BACKBONE, TINY_DIM, max_batch_size=TINY_MAX_BATCH_SIZE,
-                           preferred_batch_sizes=(TINY_MAX_BATCH_SIZE,), max_queue_delay_us=200_000,
-                           instances=1, max_queue_size=1)
-    add_model(repository, TINY_MODEL, config, module)
-    server = start_triton(repository)
+    add_model(repository, TINY_MODEL, render_config(TINY_MODEL, TINY_BACKBONE, TINY_DIM), module)
+    server = start_triton(repository, dataclasses.replace(
+        CPU_PROFILE, max_batch_size=TINY_MAX_BATCH_SIZE, preferred_batch_sizes=(TINY_MAX_BATCH_SIZE,),
+        max_queue_delay_us=200_000, instances=1, max_queue_size=1))
     yield server
     server.stop()
 

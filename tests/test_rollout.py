@@ -2,6 +2,7 @@
 local tritonserver loading a version exported while it runs."""
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 from qdrant_client import AsyncQdrantClient
 from tritonclient.grpc import InferenceServerClient
+from tritonclient.grpc.aio import InferenceServerClient as AsyncInferenceServerClient
 
 from catalog_sources import products as sources
 from catalog_sources.fashion_mnist import load_split
@@ -23,14 +25,14 @@ from gateway.domain import ModelInfo
 from gateway.serving import follow_alias, serving_target
 from harness.gateway import in_process
 from harness.health import eventually
-from model_export.triton_config import render_config
 from ops.index import Source
+from ops.model_versions import addresses, load_version, served_versions, unload_version
 from ops.rollout import previous_collection, roll_back, roll_out
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.triton import TritonServer, add_new_versions, derive_local_repository
-from tests.model_versions import MODEL_NAME, export_stand_in, two_version_repository
-from tests.triton_fixtures import MODEL_REPOSITORY, start_triton, with_versions
+from tests.model_versions import MODEL_NAME, export_stand_in, two_version_repository, version_1_repository
+from tests.triton_fixtures import start_triton
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
               pytest.mark.filterwarnings("ignore:Local mode performs exact")]
@@ -112,9 +114,7 @@ def test_new_versions_are_derived_whole_and_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_polling_tritonserver_loads_a_version_exported_while_it_runs_and_keeps_the_old_one(tmp_path: Path) -> None:
-    repository = with_versions(MODEL_REPOSITORY, tmp_path / "repository", ("1",))
-    (repository / MODEL_NAME / "config.pbtxt").unlink()
-    (repository / MODEL_NAME / "config.pbtxt").write_text(render_config(MODEL_NAME, "efficientnet_lite0", 1280))
+    repository = version_1_repository(tmp_path / "repository")
     with TritonServer(repository, poll_s=1) as server:
         client = InferenceServerClient(server.grpc_url)
         assert client.is_model_ready(MODEL_NAME, "1") and not client.is_model_ready(MODEL_NAME, "2")
@@ -146,16 +146,19 @@ def png_of_catalog_product(index: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.slow
-async def test_rollout_and_rollback_switch_the_served_version_without_a_failed_or_mixed_request(
-        two_versions: TritonServer, redis_server, tmp_path: Path) -> None:
-    # Generous deadlines: the rollout's bulk embedding shares Triton and the cores with the requests, and this
-    # test is about which version answers, not how fast.
-    settings = Settings(triton_url=two_versions.grpc_url, redis_url=redis_server.url, data_dir=tmp_path,
-                        embed_timeout_s=60.0, request_timeout_s=60.0)
-    assert await roll_out(settings, "1", catalog_source(), batch_size=16) == "products-v1"
+def patient_settings(triton_url: str, redis_url: str, data_dir: Path) -> Settings:
+    """Generous deadlines: a rollout's bulk embedding and Triton loading versions share the cores with the
+    requests, and these tests are about which version answers, not how fast."""
+    return Settings(triton_url=triton_url, redis_url=redis_url, data_dir=data_dir, embed_timeout_s=60.0,
+                    request_timeout_s=60.0)
+
+
+@contextlib.asynccontextmanager
+async def shopper_of(settings: Settings) -> AsyncIterator[list[pb.RecommendResponse]]:
+    """A gateway following the catalog alias, and one shopper sending it the same image query request after
+    request until the block ends; yields the answers in the order served. A failed request fails the block."""
     query = png_of_catalog_product(QUERY_PRODUCT)
-    answers: list[pb.RecommendResponse] = []  # one shopper, request after request: in the order served
+    answers: list[pb.RecommendResponse] = []
     async with in_process(settings, grace_s=1) as running, \
             follow_alias(running.gateway.serving, Components(settings), poll_s=0.2), \
             grpc.aio.insecure_channel(running.target) as channel:
@@ -166,22 +169,81 @@ async def test_rollout_and_rollback_switch_the_served_version_without_a_failed_o
             while not stop.is_set():
                 answers.append(await stub.Recommend(pb.RecommendRequest(image=query, limit=3), timeout=60))
 
-        def answered_by(version: str) -> bool:
-            return bool(answers) and answers[-1].model.startswith(f"{MODEL_NAME}/{version} ")
-
         browsing = asyncio.create_task(shopper())
-        await eventually(lambda: answered_by("1"), SWITCH_TIMEOUT_S, "an answer of version 1")
-        assert await roll_out(settings, "2", catalog_source(), batch_size=16) == "products-v2"
-        await eventually(lambda: answered_by("2"), SWITCH_TIMEOUT_S, "the switch to version 2")
-        assert await roll_back(settings, None) == "products-v1"
-        await eventually(lambda: answered_by("1"), SWITCH_TIMEOUT_S, "the switch back to version 1")
-        stop.set()
-        await browsing
-    versions = [answer.model.split(" ")[0] for answer in answers]
-    switches = [index for index in range(1, len(versions)) if versions[index] != versions[index - 1]]
-    assert [versions[0], *(versions[index] for index in switches)] == [
-        f"{MODEL_NAME}/1", f"{MODEL_NAME}/2", f"{MODEL_NAME}/1"], "two switches, no back and forth"
+        try:
+            yield answers
+        finally:
+            stop.set()
+            await browsing
+
+
+def answered_by(answers: list[pb.RecommendResponse], version: str) -> bool:
+    """Whether the latest answer came from model ``version``."""
+    return bool(answers) and answers[-1].model.startswith(f"{MODEL_NAME}/{version} ")
+
+
+def assert_served_in_turn(answers: list[pb.RecommendResponse], versions: list[str]) -> None:
+    """The answers came from ``versions`` in that order, each switch once, every answer from one version alone."""
+    served = [answer.model.split(" ")[0] for answer in answers]
+    switches = [index for index in range(1, len(served)) if served[index] != served[index - 1]]
+    assert [served[0], *(served[index] for index in switches)] == [f"{MODEL_NAME}/{v}" for v in versions], \
+        "no back and forth"
     own_id = f"fmnist-train-{QUERY_PRODUCT:06d}"
     for answer in answers:  # a query embedded by one version and searched among another's vectors misses itself
         assert answer.items[0].product_id == own_id
         assert answer.items[0].visual_score == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.slow
+async def test_rollout_and_rollback_switch_the_served_version_without_a_failed_or_mixed_request(
+        two_versions: TritonServer, redis_server, tmp_path: Path) -> None:
+    settings = patient_settings(two_versions.grpc_url, redis_server.url, tmp_path)
+    assert await roll_out(settings, "1", catalog_source(), batch_size=16) == "products-v1"
+    async with shopper_of(settings) as answers:
+        await eventually(lambda: answered_by(answers, "1"), SWITCH_TIMEOUT_S, "an answer of version 1")
+        assert await roll_out(settings, "2", catalog_source(), batch_size=16) == "products-v2"
+        await eventually(lambda: answered_by(answers, "2"), SWITCH_TIMEOUT_S, "the switch to version 2")
+        assert await roll_back(settings, None) == "products-v1"
+        await eventually(lambda: answered_by(answers, "1"), SWITCH_TIMEOUT_S, "the switch back to version 1")
+    assert_served_in_turn(answers, ["1", "2", "1"])
+
+
+async def test_the_version_commands_ask_every_address_of_the_triton_host_and_need_one() -> None:
+    assert await addresses("localhost:8001") == ["127.0.0.1:8001"]
+    with pytest.raises(SystemExit, match="set TRITON_URL"):
+        await load_version(Settings(triton_url=""), "2")
+
+
+async def served(triton: TritonServer) -> list[str]:
+    """The versions of the model the server has loaded and ready."""
+    async with AsyncInferenceServerClient(triton.grpc_url) as client:
+        return await served_versions(client, MODEL_NAME)
+
+
+@pytest.mark.slow
+async def test_the_cluster_procedure_in_explicit_mode_loads_rolls_out_and_unloads_with_every_request_answered(
+        redis_server, tmp_path: Path) -> None:
+    """Version 2 is loaded through the repository API, the catalog rolled out to it, version 1 unloaded: no
+    request fails or mixes versions, and version 2 answers from the switch to the end."""
+    repository = version_1_repository(tmp_path / "repository")
+    with TritonServer(repository, poll_s=1, explicit=True) as triton:
+        settings = patient_settings(triton.grpc_url, redis_server.url, tmp_path / "data")
+        assert await roll_out(settings, "1", catalog_source(), batch_size=16) == "products-v1"
+        async with shopper_of(settings) as answers:
+            await eventually(lambda: answered_by(answers, "1"), SWITCH_TIMEOUT_S, "an answer of version 1")
+            await asyncio.to_thread(export_stand_in, repository, 2)
+            await eventually((triton.local_repository / MODEL_NAME / "2").exists, SWITCH_TIMEOUT_S,
+                             "version 2 in the served repository")
+            assert await served(triton) == ["1"], "explicit mode: nothing loads by itself"
+            assert list((await load_version(settings, "2")).values()) == [["1", "2"]]
+            assert await roll_out(settings, "2", catalog_source(), batch_size=16) == "products-v2"
+            await eventually(lambda: answered_by(answers, "2"), SWITCH_TIMEOUT_S, "the switch to version 2")
+            with pytest.raises(SystemExit, match="serves model version 2"):
+                await unload_version(settings, "2")
+            assert list((await unload_version(settings, "1")).values()) == [["2"]]
+            unloaded_at = len(answers)
+            await eventually(lambda: len(answers) >= unloaded_at + 3, SWITCH_TIMEOUT_S,
+                             "answers after version 1 was unloaded")
+        assert await served(triton) == ["2"]
+    assert_served_in_turn(answers, ["1", "2"])
+

@@ -1,9 +1,12 @@
 """Security and privacy over the real gRPC server: bearer tokens and scopes, TLS and mutual TLS with
 certificates made here, history expiry, ForgetUser, and no user id in clear in logs or metrics."""
 
+import asyncio
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import cast
@@ -29,6 +32,7 @@ from stack.net import free_port
 from tests.triton_fixtures import tiny_settings
 from webui import start_webui
 
+ROOT = Path(__file__).resolve().parent.parent
 READER = "reader-token-0123456789abcdef"
 WRITER = "writer-token-0123456789abcdef"
 ADMIN = "admin-token-0123456789abcdefgh"
@@ -235,6 +239,31 @@ async def test_tls_serves_clients_that_trust_the_server_certificate_only(tiny_tr
             assert await recommend_status(channel) == grpc.StatusCode.UNAVAILABLE
         async with grpc.aio.insecure_channel(running.target) as channel:
             assert await recommend_status(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_with_tls_on_probes_get_health_alone_on_a_plaintext_port(tiny_triton, redis_server, tmp_path,
+                                                                         server_ca, tls_files):
+    """Kubernetes' gRPC probes and the image's HEALTHCHECK speak plaintext: HEALTH_PORT serves them the health
+    service and nothing else, while the gateway's own port wants TLS."""
+    settings = tiny_settings(tiny_triton.grpc_url, redis_server.url, tmp_path, tls_cert_file=tls_files["cert"],
+                             tls_key_file=tls_files["key"], auth_tokens=json.dumps(TOKENS), health_port=0)
+    async with in_process(settings, SMALL_CATALOG) as running:
+        probe_target = f"127.0.0.1:{running.gateway.health_port}"
+        async with grpc.aio.insecure_channel(probe_target) as probe:
+            await wait_for_health(probe, SERVING)
+            liveness = await health_pb2_grpc.HealthStub(probe).Check(
+                health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+            assert liveness.status == SERVING
+            assert await recommend_status(probe) == grpc.StatusCode.UNIMPLEMENTED, "no data on the probe port"
+        healthcheck = await asyncio.to_thread(
+            subprocess.run, [sys.executable, str(ROOT / "deploy" / "docker" / "healthcheck.py"), probe_target],
+            capture_output=True, text=True, timeout=30, check=False)
+        assert healthcheck.returncode == 0, healthcheck.stderr
+        async with grpc.aio.insecure_channel(running.target) as plaintext:
+            assert await recommend_status(plaintext) == grpc.StatusCode.UNAVAILABLE
+        await running.gateway.stop(grace_s=0)
+        async with grpc.aio.insecure_channel(probe_target) as probe:
+            assert await recommend_status(probe) == grpc.StatusCode.UNAVAILABLE, "the probe port closes at the end"
 
 
 async def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca(

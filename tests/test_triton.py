@@ -25,7 +25,7 @@ from gateway.embedder import IMAGE_BYTES, REQUEST_OVERHEAD_BYTES, TritonEmbedder
 from model_export.triton_config import ALLOCATOR_ENV, local_config, render_config
 from stack.net import free_port
 from stack.triton import PYTHON_MODEL_SOURCE, TritonServer, TritonStartError, derive_local_repository
-from tests.triton_fixtures import FLOAT_INPUT_MODEL, TINY_BACKBONE, TINY_DIM, TINY_MODEL, add_model
+from tests.triton_fixtures import FLOAT_INPUT_MODEL, TINY_BACKBONE, TINY_DIM, TINY_MODEL, TINY_PROFILE, add_model
 
 
 def random_images(count: int, seed: int) -> np.ndarray:
@@ -56,7 +56,8 @@ def test_launcher_serves_the_derived_python_backend_repository(tiny_triton: Trit
                                                                tiny_repository: Path) -> None:
     for model in (TINY_MODEL, FLOAT_INPUT_MODEL):
         production, derived = tiny_repository / model, tiny_triton.local_repository / model
-        assert (derived / "config.pbtxt").read_text() == local_config((production / "config.pbtxt").read_text())
+        assert (derived / "config.pbtxt").read_text() == local_config((production / "config.pbtxt").read_text(),
+                                                                      TINY_PROFILE)
         assert (derived / "1" / "model.py").read_bytes() == PYTHON_MODEL_SOURCE.read_bytes()
         assert (derived / "1" / "model.pt").is_symlink()
         assert (derived / "1" / "model.pt").resolve() == (production / "1" / "model.pt").resolve()

@@ -5,6 +5,7 @@ serves version 1 of the real exported ``model_repository/`` (``make model``) for
 whatever other versions ``make finetune`` added there.
 """
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -15,8 +16,8 @@ import torch
 
 from gateway.config import Settings
 from gateway.embedder import TritonEmbedder
-from model_export.triton_config import render_config
-from stack.triton import TritonServer
+from model_export.triton_config import CPU_PROFILE, TritonProfile, render_config
+from stack.triton import TritonServer, with_versions
 
 TINY_MODEL = "tiny_embedder"
 TINY_BACKBONE = "tiny-test"
@@ -25,6 +26,7 @@ FLOAT_INPUT_MODEL = "float_input"
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 TINY_MAX_BATCH_SIZE = 32  # above the message-size cap that test_triton.py sets, so that the cap shows
 QUEUE_DELAY_US = 20_000  # long enough for concurrent test requests to meet in one dynamic batch
+TINY_PROFILE = dataclasses.replace(CPU_PROFILE, max_batch_size=TINY_MAX_BATCH_SIZE, max_queue_delay_us=QUEUE_DELAY_US)
 TINY_CATALOG_SIZE = 64  # Fashion-MNIST training images a gateway over the tiny model indexes
 
 
@@ -74,29 +76,16 @@ def write_test_repository(repository: Path) -> Path:
     module = torch.jit.script(TinyEmbedder(TINY_DIM).eval())
 
     def config(name: str) -> str:
-        return render_config(name, backbone=TINY_BACKBONE, dim=TINY_DIM, max_batch_size=TINY_MAX_BATCH_SIZE,
-                             max_queue_delay_us=QUEUE_DELAY_US)
+        return render_config(name, backbone=TINY_BACKBONE, dim=TINY_DIM)
 
     add_model(repository, TINY_MODEL, config(TINY_MODEL), module)
     add_model(repository, FLOAT_INPUT_MODEL, config(FLOAT_INPUT_MODEL).replace("TYPE_UINT8", "TYPE_FP32"), module)
     return repository
 
 
-def start_triton(repository: Path) -> TritonServer:
-    """A ready tritonserver over ``repository`` on free ports; the caller stops it."""
-    return TritonServer(repository).start()
-
-
-def with_versions(repository: Path, target: Path, versions: tuple[str, ...]) -> Path:
-    """``target`` as a repository of the models in ``repository`` with only ``versions`` (linked, not copied)."""
-    for config in repository.glob("*/config.pbtxt"):
-        model_dir = target / config.parent.name
-        model_dir.mkdir(parents=True)
-        (model_dir / "config.pbtxt").symlink_to(config.resolve())
-        for version in versions:
-            if (config.parent / version).is_dir():
-                (model_dir / version).symlink_to((config.parent / version).resolve())
-    return target
+def start_triton(repository: Path, profile: TritonProfile = CPU_PROFILE) -> TritonServer:
+    """A ready tritonserver over ``repository`` on free ports, serving with ``profile``; the caller stops it."""
+    return TritonServer(repository, profile=profile).start()
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +103,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_triton(tiny_repository: Path) -> Iterator[TritonServer]:
-    server = start_triton(tiny_repository)
+    server = start_triton(tiny_repository, TINY_PROFILE)
     yield server
     server.stop()
 

@@ -8,13 +8,11 @@ from pathlib import Path
 import torch
 
 from model_export.embedding import DEFAULT_BACKBONE
-from model_export.export import MAX_EXPORT_DEVIATION, MODEL_FILENAME, export_module
+from model_export.export import CARD_JSON, CARD_MARKDOWN, MAX_EXPORT_DEVIATION, MODEL_FILENAME, export_module
 from training.data import model_inputs
 from training.finetune import NEIGHBOURS, FinetuneResult, card_record, trained_modules
 
 log = logging.getLogger(__name__)
-CARD_JSON = "training_card.json"
-CARD_MARKDOWN = "training_card.md"
 
 
 def export_version(result: FinetuneResult, repository: Path, name: str, version: int, force: bool = False

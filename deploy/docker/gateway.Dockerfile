@@ -24,9 +24,11 @@ COPY deploy/docker/healthcheck.py healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    DATA_DIR=/tmp/recsys
+    DATA_DIR=/tmp/recsys \
+    HEALTH_PORT=50052
 USER 10001
-EXPOSE 50051 9464
+# gRPC (TLS when TLS_CERT_FILE/TLS_KEY_FILE are set), plaintext health only, metrics.
+EXPOSE 50051 50052 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "/app/healthcheck.py", "localhost:50051"]
+    CMD ["python", "/app/healthcheck.py", "localhost:50052"]
 CMD ["recsys-gateway"]

@@ -1,6 +1,7 @@
 """Exits 0 when the gateway's gRPC health service answers SERVING: the container's HEALTHCHECK.
 
-Usage: python healthcheck.py [host:port]  (default localhost:50051)
+Usage: python healthcheck.py [host:port]  (default localhost:50052, the image's plaintext HEALTH_PORT, which
+answers health checks while the gateway's own port speaks TLS)
 """
 
 import sys
@@ -24,4 +25,4 @@ def main(target: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "localhost:50051"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "localhost:50052"))

@@ -8,6 +8,11 @@
 // (shares, default 0.5 / 0.3 / 0.2). Thresholds (ERROR_RATIO, P95_MS, P99_MS per mix) fail the run
 // with exit code 99 when the service misses them. The request files in ../data are the ones the ghz
 // configurations in ../ghz send; the users of the history mix get their views in setup().
+//
+// Security: plaintext by default. CACERT (a PEM file) makes it TLS that trusts that CA; CERT and KEY (PEM
+// files) add a client certificate for mutual TLS. Give absolute paths: k6 resolves relative ones against
+// this folder. RECSYS_TOKEN, best set in the environment rather than with -e, goes with every call,
+// setup()'s included, as the metadata 'authorization: Bearer <token>'.
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';
 import { Rate } from 'k6/metrics';
@@ -23,6 +28,11 @@ const ERROR_RATIO = Number(env('ERROR_RATIO', '0.01'));
 const P95_MS = Number(env('P95_MS', '250'));
 const P99_MS = Number(env('P99_MS', '500'));
 const TIMEOUT = env('TIMEOUT', '5s');
+const TOKEN = env('RECSYS_TOKEN', '');
+const [CACERT, CERT, KEY] = [env('CACERT', ''), env('CERT', ''), env('KEY', '')];
+if (!CERT !== !KEY) {
+  throw new Error('CERT and KEY go together: the client certificate and its key, for mutual TLS');
+}
 
 const REQUESTS = {
   image: JSON.parse(open('../data/recommend-image.json')),
@@ -40,6 +50,11 @@ const client = new grpc.Client();
 client.load(['../../../protos'], 'recsys/v1/recsys.proto');
 
 const failed = new Rate('recsys_failed_requests');
+
+// Plaintext, or TLS with CACERT and/or a client certificate (files are read here, in the init context, as k6 wants).
+const tls = { ...(CACERT && { cacerts: [open(CACERT)] }), ...(CERT && { cert: open(CERT), key: open(KEY) }) };
+const CONNECT = { timeout: '10s', ...(CACERT || CERT ? { tls } : { plaintext: true }) };
+const CALL = { timeout: TIMEOUT, metadata: TOKEN ? { authorization: `Bearer ${TOKEN}` } : {} };
 
 function executor(share) {
   const rate = Math.max(1, Math.round(RATE * share));
@@ -81,16 +96,20 @@ export const options = {
 
 function connected() {
   if (__ITER === 0) {
-    client.connect(TARGET, { plaintext: true, timeout: '10s' });
+    client.connect(TARGET, CONNECT);
   }
 }
 
 export function setup() {
-  client.connect(TARGET, { plaintext: true, timeout: '10s' });
+  if (!mixes.includes('history')) {
+    return;
+  }
+  client.connect(TARGET, CONNECT);
   for (const view of VIEWS) {
-    const response = client.invoke('recsys.v1.Recommender/RecordView', view, { timeout: TIMEOUT });
+    const response = client.invoke('recsys.v1.Recommender/RecordView', view, CALL);
     if (response.status !== grpc.StatusOK) {
-      throw new Error(`RecordView ${view.productId} failed (${response.status}): is the catalog indexed?`);
+      throw new Error(`RecordView ${view.productId} failed (${response.status}: ${response.error.message}): `
+        + 'the history mix needs the catalog indexed and, where the gateway wants tokens, RECSYS_TOKEN');
     }
   }
   client.close();
@@ -100,7 +119,7 @@ function recommend(mix) {
   connected();
   const requests = REQUESTS[mix];
   const request = requests[Math.floor(Math.random() * requests.length)];
-  const response = client.invoke('recsys.v1.Recommender/Recommend', request, { timeout: TIMEOUT });
+  const response = client.invoke('recsys.v1.Recommender/Recommend', request, CALL);
   const ok = check(response, {
     'status is OK': (r) => r && r.status === grpc.StatusOK,
     'has items': (r) => r && r.message && r.message.items && r.message.items.length > 0,
