@@ -141,7 +141,7 @@ async def tune_weights(pipeline: Pipeline, defaults: Weights, steps: Sequence[St
     """
     if len({step.user for step in steps}) != len(steps):
         raise ValueError("tuning evaluates one step per user, with the history recorded once")
-    await record_history(pipeline.record_view, steps)
+    await record_history(pipeline.record_feedback, steps)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def score(weights: Weights) -> tuple[Weights, dict[str, float]]:

@@ -1,6 +1,6 @@
 """Bearer-token authentication with two scopes: `read` for the Recommender, `write` for changes.
 
-`read` allows Recommend, RecordView, GetHistory and the Catalog's GetProductImage; `write` allows
+`read` allows Recommend, RecordView, RecordFeedback, GetHistory and the Catalog's GetProductImage; `write` allows
 ForgetUser and the Catalog's UpsertProducts and DeleteProducts. A token has the scopes it lists
 (`write` does not imply `read`).
 Tokens come from AUTH_TOKENS_FILE (a JSON file) or AUTH_TOKENS (the same JSON inline), an object
@@ -20,6 +20,7 @@ SCOPES = frozenset({"read", "write"})
 SCOPE_OF_METHOD = {
     "/recsys.v1.Recommender/Recommend": "read",
     "/recsys.v1.Recommender/RecordView": "read",
+    "/recsys.v1.Recommender/RecordFeedback": "read",
     "/recsys.v1.Recommender/GetHistory": "read",
     "/recsys.v1.Recommender/ForgetUser": "write",
     "/recsys.v1.Catalog/UpsertProducts": "write",

@@ -78,7 +78,8 @@ class Components:
         settings = self.settings
         return RedisHistory.from_url(self._required("redis_url"), max_views=settings.history_max_views,
                                      ttl_s=settings.history_ttl_s, timeout_s=settings.history_timeout_s,
-                                     namespace=namespace)
+                                     namespace=namespace, max_dismissals=settings.history_max_dismissals,
+                                     purchase_weight=settings.popularity_purchase_weight)
 
     def decode_pool(self) -> ThreadPoolExecutor:
         """The threads that decode images (DECODE_WORKERS)."""

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     min_candidates: int = Field(50, ge=1)
     history_max_views: int = Field(50, ge=1)
     history_ttl_s: int = Field(30 * 24 * 3600, ge=1, validation_alias="HISTORY_TTL_SECONDS")
+    history_max_dismissals: int = Field(50, ge=1)
+    popularity_purchase_weight: float = Field(5.0, ge=1, allow_inf_nan=False)
     rank_weight_visual: Weight = _DEFAULT_WEIGHTS.visual
     rank_weight_history: Weight = _DEFAULT_WEIGHTS.history
     rank_weight_category: Weight = _DEFAULT_WEIGHTS.category

@@ -1,5 +1,6 @@
 """Domain objects and errors shared by the pipeline and its adapters (no protobuf, no gRPC)."""
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,10 +41,26 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class View:
-    """One product view of a user."""
+    """One product view of a user (or a dismissal, in a list of dismissals)."""
 
     product_id: str
     viewed_at_ms: int
+
+
+class Feedback(enum.Enum):
+    """What a shopper did with a product: viewed it, dismissed it ("not interested"), or bought it."""
+
+    VIEW = "view"
+    DISMISS = "dismiss"
+    PURCHASE = "purchase"
+
+
+@dataclass(frozen=True)
+class ShopperRecord:
+    """What is stored of a shopper: recent views (purchases included) and dismissals, each newest first."""
+
+    views: list[View]
+    dismissals: list[View]
 
 
 class RecsysError(Exception):

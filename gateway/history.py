@@ -1,16 +1,18 @@
-"""The shopper's recent product views, kept in Redis.
+"""The shopper's recent product views and dismissals, kept in Redis.
 
 Each user's history is one Redis list at ``{namespace}:history:{sha256(user_id) hex}``, newest view
-first. Keys carry a hash of the user id, never the id itself, so neither keys, the AOF nor errors
-show it (a pseudonym: whoever can guess an id can still check it against the hash). The list is the
-only thing stored per user, so deleting that key forgets the user; deleted entries stay in the
-append-only file until Redis next rewrites it (BGREWRITEAOF).
+first (a purchase is kept as a view), and their dismissals ("not interested") another at
+``{namespace}:dismissed:{sha256(user_id) hex}``. Keys carry a hash of the user id, never the id itself, so
+neither keys, the AOF nor errors show it (a pseudonym: whoever can guess an id can still check it against the
+hash). These two lists are all that is stored per user, so deleting them forgets the user; deleted entries
+stay in the append-only file until Redis next rewrites it (BGREWRITEAOF).
 
-An entry is ``b"<viewed_at_ms>:<product id as UTF-8>"``. The decimal timestamp holds no colon, so
-splitting at the first colon is unambiguous whatever characters the product id contains.
+An entry is ``b"<at_ms>:<product id as UTF-8>"``. The decimal timestamp holds no colon, so splitting at the
+first colon is unambiguous whatever characters the product id contains.
 
-Every view also adds one to its product's count in the sorted set ``{namespace}:popularity``: views by
-all shoppers, with no user in it, so forgetting a user leaves the counts as they are.
+Every view adds one to its product's count in the sorted set ``{namespace}:popularity``, and every purchase
+``purchase_weight``: the interest of all shoppers, with no user in it, so forgetting a user leaves the counts
+as they are. A dismissal does not count.
 """
 
 import hashlib
@@ -25,9 +27,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.domain import InvalidArgument, Unavailable, View
+from gateway.domain import Feedback, InvalidArgument, ShopperRecord, Unavailable, View
 
 DEFAULT_MAX_VIEWS = 50
+DEFAULT_MAX_DISMISSALS = 50
+DEFAULT_PURCHASE_WEIGHT = 5.0
 DEFAULT_TTL_S = 30 * 24 * 3600
 DEFAULT_TIMEOUT_S = 0.5
 DEFAULT_NAMESPACE = "recsys"
@@ -38,40 +42,52 @@ class RedisHistory:
     new view renews."""
 
     def __init__(self, client: Redis, *, max_views: int = DEFAULT_MAX_VIEWS,
-                 ttl_s: int = DEFAULT_TTL_S, namespace: str = DEFAULT_NAMESPACE) -> None:
-        if max_views < 1 or ttl_s < 1 or not namespace:
-            raise ValueError(f"need max_views >= 1, ttl_s >= 1 and a namespace; got "
-                             f"max_views={max_views}, ttl_s={ttl_s}, namespace={namespace!r}")
+                 ttl_s: int = DEFAULT_TTL_S, namespace: str = DEFAULT_NAMESPACE,
+                 max_dismissals: int = DEFAULT_MAX_DISMISSALS, purchase_weight: float = DEFAULT_PURCHASE_WEIGHT
+                 ) -> None:
+        if max_views < 1 or ttl_s < 1 or not namespace or max_dismissals < 1 or not purchase_weight >= 1:
+            raise ValueError(f"need max_views >= 1, ttl_s >= 1, a namespace, max_dismissals >= 1 and "
+                             f"purchase_weight >= 1; got max_views={max_views}, ttl_s={ttl_s}, "
+                             f"namespace={namespace!r}, max_dismissals={max_dismissals}, "
+                             f"purchase_weight={purchase_weight}")
         self.max_views = max_views
+        self.max_dismissals = max_dismissals
+        self.purchase_weight = purchase_weight
         self.ttl_s = ttl_s
         self.namespace = namespace
         self._redis = client
 
     @classmethod
     def from_url(cls, url: str, *, max_views: int = DEFAULT_MAX_VIEWS, ttl_s: int = DEFAULT_TTL_S,
-                 namespace: str = DEFAULT_NAMESPACE, timeout_s: float = DEFAULT_TIMEOUT_S) -> Self:
+                 namespace: str = DEFAULT_NAMESPACE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 max_dismissals: int = DEFAULT_MAX_DISMISSALS, purchase_weight: float = DEFAULT_PURCHASE_WEIGHT
+                 ) -> Self:
         """A history over the Redis at url (e.g. ``redis://host:6379/0``). Connecting and every
         command give up after timeout_s, so a dead or hung Redis fails fast; a broken connection
         is retried once at once, which heals pooled connections after a Redis restart."""
         client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                 retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)))
-        return cls(client, max_views=max_views, ttl_s=ttl_s, namespace=namespace)
+        return cls(client, max_views=max_views, ttl_s=ttl_s, namespace=namespace, max_dismissals=max_dismissals,
+                   purchase_weight=purchase_weight)
 
-    async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None:
-        """Prepends a view, trims to max_views, renews the TTL and counts the view for the product's
-        popularity, in one MULTI/EXEC transaction."""
-        key = self._key(user_id)
-        if viewed_at_ms < 0:
-            raise InvalidArgument(f"viewed_at_ms must be >= 0 (milliseconds since the epoch), "
-                                  f"got {viewed_at_ms}")
+    async def record(self, user_id: str, product_id: str, at_ms: int, feedback: Feedback = Feedback.VIEW) -> None:
+        """Records feedback in one MULTI/EXEC transaction: a view or a purchase is prepended to the history (trimmed
+        to max_views) and counts for the product's popularity (a purchase ``purchase_weight`` times); a dismissal
+        is prepended to the dismissals (trimmed to max_dismissals). The list's TTL is renewed."""
+        if at_ms < 0:
+            raise InvalidArgument(f"viewed_at_ms must be >= 0 (milliseconds since the epoch), got {at_ms}")
         product = _utf8("product_id", product_id)
-        entry = str(viewed_at_ms).encode() + b":" + product
+        entry = str(at_ms).encode() + b":" + product
+        key, cap = ((self._dismissed_key(user_id), self.max_dismissals) if feedback is Feedback.DISMISS
+                    else (self._key(user_id), self.max_views))
         with _unavailable_on_redis_error():
             async with self._redis.pipeline(transaction=True) as transaction:
                 transaction.lpush(key, entry)
-                transaction.ltrim(key, 0, self.max_views - 1)
+                transaction.ltrim(key, 0, cap - 1)
                 transaction.expire(key, self.ttl_s)
-                transaction.zincrby(self._popularity_key, 1, product)
+                if feedback is not Feedback.DISMISS:
+                    weight = self.purchase_weight if feedback is Feedback.PURCHASE else 1
+                    transaction.zincrby(self._popularity_key, weight, product)
                 await transaction.execute()
 
     async def popularity(self, product_ids: Sequence[str]) -> list[float]:
@@ -102,11 +118,20 @@ class RedisHistory:
             entries = cast(list[bytes], await self._redis.lrange(key, 0, count - 1))
         return [_decode_view(entry) for entry in entries]
 
-    async def forget(self, user_id: str) -> None:
-        """Deletes everything stored for the user (their one history key)."""
-        key = self._key(user_id)
+    async def shopper(self, user_id: str) -> ShopperRecord:
+        """The user's views (at most max_views) and dismissals (at most max_dismissals), newest first, read in one
+        round trip."""
         with _unavailable_on_redis_error():
-            await self._redis.delete(key)
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                pipeline.lrange(self._key(user_id), 0, self.max_views - 1)
+                pipeline.lrange(self._dismissed_key(user_id), 0, self.max_dismissals - 1)
+                views, dismissals = await pipeline.execute()
+        return ShopperRecord([_decode_view(entry) for entry in views], [_decode_view(entry) for entry in dismissals])
+
+    async def forget(self, user_id: str) -> None:
+        """Deletes everything stored for the user (their history and their dismissals)."""
+        with _unavailable_on_redis_error():
+            await self._redis.delete(self._key(user_id), self._dismissed_key(user_id))
 
     async def ping(self) -> None:
         """Raises Unavailable unless Redis answers."""
@@ -122,8 +147,14 @@ class RedisHistory:
         return f"{self.namespace}:popularity"
 
     def _key(self, user_id: str) -> str:
-        digest = hashlib.sha256(_utf8("user_id", user_id)).hexdigest()
-        return f"{self.namespace}:history:{digest}"
+        return f"{self.namespace}:history:{_pseudonym(user_id)}"
+
+    def _dismissed_key(self, user_id: str) -> str:
+        return f"{self.namespace}:dismissed:{_pseudonym(user_id)}"
+
+
+def _pseudonym(user_id: str) -> str:
+    return hashlib.sha256(_utf8("user_id", user_id)).hexdigest()
 
 
 def _utf8(name: str, value: str) -> bytes:

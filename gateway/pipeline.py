@@ -16,7 +16,17 @@ from ranker import NO_TASTE, Candidate, HistoryItem, Taste, Weights, rerank, tas
 
 from .admission import Admission
 from .config import Settings
-from .domain import CatalogItem, DeadlineExceeded, InvalidArgument, Neighbour, NotFound, RecsysError, Unavailable, View
+from .domain import (
+    CatalogItem,
+    DeadlineExceeded,
+    Feedback,
+    InvalidArgument,
+    Neighbour,
+    NotFound,
+    RecsysError,
+    ShopperRecord,
+    Unavailable,
+)
 from .images import preprocess
 from .item_cache import ItemCache
 from .metrics import Metrics
@@ -216,24 +226,26 @@ class Pipeline:
         self._items.put(found.values())  # a product just viewed is in the viewer's next recommendations' history
         return found[product_id]
 
-    async def _views(self, user_id: str) -> tuple[list[View], tuple[str, ...]]:
-        """The user's recent views, or none and a 'history' degradation if Redis fails or is slow."""
+    async def _record(self, user_id: str) -> tuple[ShopperRecord, tuple[str, ...]]:
+        """The user's views and dismissals, or none and a 'history' degradation if Redis fails or is slow."""
         check_id("user_id", user_id)
         with self._metrics.stage("history"):
             try:
                 async with asyncio.timeout(self._settings.history_timeout_s):
-                    return await self.history.recent(user_id), ()
+                    return await self.history.shopper(user_id), ()
             except (Unavailable, TimeoutError) as error:
                 log.warning("history skipped: %s", error or "timed out")
-                return [], ("history",)
+                return ShopperRecord([], []), ("history",)
 
     async def _shopper(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str]) -> _Shopper:
         """The shopper's recent views, their taste and the taste vector's nearest products (read while the query
-        image is embedded)."""
-        views, degraded = await self._views(user_id)
-        viewed_ids = list(dict.fromkeys(view.product_id for view in views))
+        image is embedded). Dismissed products are always left out; viewed ones with RANK_EXCLUDE_VIEWED."""
+        record, degraded = await self._record(user_id)
+        viewed_ids = list(dict.fromkeys(view.product_id for view in record.views))
         taste = taste_of(await self._history_items(viewed_ids), self._weights)
-        excluded = set(viewed_ids) if self._weights.exclude_viewed else set()
+        excluded = {dismissal.product_id for dismissal in record.dismissals}
+        if self._weights.exclude_viewed:
+            excluded.update(viewed_ids)
         vector = taste.vector
         hits = await self._search(vector, pool, categories, queried | excluded) if vector is not None else []
         return _Shopper(taste, hits, excluded, degraded)
@@ -309,15 +321,15 @@ class Pipeline:
         except TimeoutError:
             raise DeadlineExceeded(f"{what} did not answer within {timeout_s:.3f} s") from None
 
-    async def record_view(self, user_id: str, product_id: str) -> None:
-        """Records a view of a catalog product; unknown products are refused."""
+    async def record_feedback(self, user_id: str, product_id: str, feedback: Feedback = Feedback.VIEW) -> None:
+        """Records a view, dismissal or purchase of a catalog product; unknown products are refused."""
         check_id("user_id", user_id)
         await self._product(check_id("product_id", product_id))
-        await self.history.record(user_id, product_id, int(time.time() * 1000))
+        await self.history.record(user_id, product_id, int(time.time() * 1000), feedback)
 
-    async def views(self, user_id: str) -> list[View]:
-        """The user's recent views, newest first."""
-        return await self.history.recent(check_id("user_id", user_id))
+    async def shopper_record(self, user_id: str) -> ShopperRecord:
+        """The user's recent views and dismissals, newest first."""
+        return await self.history.shopper(check_id("user_id", user_id))
 
     async def forget(self, user_id: str) -> None:
         """Removes everything stored about the user."""

@@ -6,7 +6,7 @@ from typing import Protocol
 import numpy as np
 
 from .catalog.store import CatalogStore, SimilarityQuery
-from .domain import ModelInfo, View
+from .domain import Feedback, ModelInfo, ShopperRecord, View
 
 __all__ = ["CatalogStore", "Embedder", "HistoryStore", "SimilarityQuery"]
 
@@ -24,11 +24,14 @@ class Embedder(Protocol):
 
 
 class HistoryStore(Protocol):
-    """Each user's recent product views, newest first."""
+    """Each user's recent views and dismissals, newest first, and every product's popularity."""
 
-    async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None: ...
+    async def record(self, user_id: str, product_id: str, at_ms: int, feedback: Feedback = Feedback.VIEW
+                     ) -> None: ...
 
     async def recent(self, user_id: str, limit: int | None = None) -> list[View]: ...
+
+    async def shopper(self, user_id: str) -> ShopperRecord: ...
 
     async def popularity(self, product_ids: Sequence[str]) -> list[float]: ...
 

@@ -7,7 +7,7 @@ import grpc
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
-from .domain import InvalidArgument
+from .domain import Feedback, InvalidArgument, View
 from .images import THUMBNAIL_TYPE
 from .indexer import Indexer, IndexReport, NewProduct
 from .pipeline import Pipeline, RecommendQuery
@@ -47,19 +47,35 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     async def RecordView(self, request: pb.RecordViewRequest, context: grpc.aio.ServicerContext
                          ) -> pb.RecordViewResponse:
-        await self._pipeline.record_view(request.user_id, request.product_id)
+        await self._pipeline.record_feedback(request.user_id, request.product_id)
         return pb.RecordViewResponse()
+
+    async def RecordFeedback(self, request: pb.RecordFeedbackRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.RecordFeedbackResponse:
+        feedback = FEEDBACK_OF.get(request.kind)
+        if feedback is None:
+            raise InvalidArgument("kind must be FEEDBACK_KIND_VIEW, FEEDBACK_KIND_DISMISS or FEEDBACK_KIND_PURCHASE")
+        await self._pipeline.record_feedback(request.user_id, request.product_id, feedback)
+        return pb.RecordFeedbackResponse()
 
     async def GetHistory(self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
                          ) -> pb.GetHistoryResponse:
-        views = await self._pipeline.views(request.user_id)
-        return pb.GetHistoryResponse(
-            views=[pb.View(product_id=v.product_id, viewed_at_ms=v.viewed_at_ms) for v in views])
+        record = await self._pipeline.shopper_record(request.user_id)
+        return pb.GetHistoryResponse(views=[_view(view) for view in record.views],
+                                     dismissals=[_view(dismissal) for dismissal in record.dismissals])
 
     async def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ForgetUserResponse:
         await self._pipeline.forget(request.user_id)
         return pb.ForgetUserResponse()
+
+
+FEEDBACK_OF = {pb.FEEDBACK_KIND_VIEW: Feedback.VIEW, pb.FEEDBACK_KIND_DISMISS: Feedback.DISMISS,
+               pb.FEEDBACK_KIND_PURCHASE: Feedback.PURCHASE}
+
+
+def _view(view: View) -> pb.View:
+    return pb.View(product_id=view.product_id, viewed_at_ms=view.viewed_at_ms)
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):

@@ -96,10 +96,15 @@ class RecsysClient:
         await self._recommender.RecordView(pb.RecordViewRequest(user_id=user_id, product_id=product_id),
                                            **self._call(timeout_s))
 
-    async def history(self, user_id: str, timeout_s: float | None = None) -> list[pb.View]:
-        """The user's recent views, newest first."""
-        response = await self._recommender.GetHistory(pb.GetHistoryRequest(user_id=user_id), **self._call(timeout_s))
-        return list(response.views)
+    async def record_feedback(self, user_id: str, product_id: str, kind: pb.FeedbackKind,
+                              timeout_s: float | None = None) -> None:
+        """Records that `user_id` viewed, dismissed or bought catalog product `product_id` (pb.FEEDBACK_KIND_*)."""
+        await self._recommender.RecordFeedback(
+            pb.RecordFeedbackRequest(user_id=user_id, product_id=product_id, kind=kind), **self._call(timeout_s))
+
+    async def history(self, user_id: str, timeout_s: float | None = None) -> pb.GetHistoryResponse:
+        """The user's recent views and dismissals, newest first."""
+        return await self._recommender.GetHistory(pb.GetHistoryRequest(user_id=user_id), **self._call(timeout_s))
 
     async def forget_user(self, user_id: str, timeout_s: float | None = None) -> None:
         """Removes everything stored about the user (needs the write scope)."""

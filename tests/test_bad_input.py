@@ -109,6 +109,11 @@ def record_view(user_id: str, product_id: str) -> Callable[[grpc.aio.Channel], A
         pb.RecordViewRequest(user_id=user_id, product_id=product_id), timeout=10)
 
 
+def record_feedback(kind: int, product_id: str = KNOWN_PRODUCT) -> Callable[[grpc.aio.Channel], Awaitable[object]]:
+    return lambda channel: pb_grpc.RecommenderStub(channel).RecordFeedback(
+        pb.RecordFeedbackRequest(user_id="u1", product_id=product_id, kind=kind), timeout=10)  # type: ignore[arg-type]
+
+
 def raw(method: str, data: bytes) -> Callable[[grpc.aio.Channel], Awaitable[object]]:
     """Sends bytes that need not be a valid message of the method's request type."""
     def send(channel: grpc.aio.Channel) -> Awaitable[bytes]:
@@ -194,6 +199,11 @@ CASES: dict[str, Case] = {
     "RecordView: unknown product": Case(record_view("u1", "no-such-product"), NOT_FOUND, "not in the catalog"),
     "RecordView: empty product_id": Case(record_view("u1", ""), INVALID, "product_id is empty"),
     "RecordView: empty user_id": Case(record_view("", KNOWN_PRODUCT), INVALID, "user_id is empty"),
+    "RecordFeedback: unspecified kind": Case(record_feedback(pb.FEEDBACK_KIND_UNSPECIFIED), INVALID,
+                                             "kind must be FEEDBACK_KIND_VIEW"),
+    "RecordFeedback: unknown kind": Case(record_feedback(99), INVALID, "kind must be FEEDBACK_KIND_VIEW"),
+    "RecordFeedback: unknown product": Case(record_feedback(pb.FEEDBACK_KIND_DISMISS, "no-such-product"), NOT_FOUND,
+                                            "not in the catalog"),
     "GetHistory: empty user_id": Case(
         lambda channel: pb_grpc.RecommenderStub(channel).GetHistory(pb.GetHistoryRequest(), timeout=10),
         INVALID, "user_id is empty"),

@@ -17,6 +17,7 @@ from tests.triton_fixtures import tiny_settings
 pytestmark = pytest.mark.slow
 CATALOG_SIZE = 16
 PRODUCT = "fmnist-train-000002"
+OTHER_PRODUCT = "fmnist-train-000005"
 MAX_ATTEMPTS = 3
 
 
@@ -46,14 +47,18 @@ async def test_every_call_of_the_api(running: RunningGateway):
         by_image = await client.recommend(image=png(0), limit=3)
         by_product = await client.recommend(product_id=PRODUCT, limit=3, categories=["Pullover", "T-shirt/top"])
         await client.record_view("client-user", PRODUCT)
-        assert [view.product_id for view in await client.history("client-user")] == [PRODUCT]
+        await client.record_feedback("client-user", OTHER_PRODUCT, pb.FEEDBACK_KIND_DISMISS)
+        history = await client.history("client-user")
+        assert [view.product_id for view in history.views] == [PRODUCT]
+        assert [dismissal.product_id for dismissal in history.dismissals] == [OTHER_PRODUCT]
         personal = await client.recommend(user_id="client-user", limit=3)
         picture = await client.product_image(PRODUCT)
         new = [pb.Product(product_id=f"client-{n}", category="Bag", image=png(n)) for n in range(2)]
         assert await client.upsert_products(new) == 2
         assert await client.delete_products(["client-0", "client-1", "never-there"]) == 2
         await client.forget_user("client-user")
-        assert await client.history("client-user") == []
+        history = await client.history("client-user")
+        assert not history.views and not history.dismissals
     assert len(by_image.items) == 3 and by_image.model.startswith("tiny_embedder/1")
     assert PRODUCT not in {item.product_id for item in by_product.items}
     assert {item.category for item in by_product.items} <= {"Pullover", "T-shirt/top"}

@@ -21,7 +21,7 @@ from PIL import Image
 from catalog_sources.fashion_mnist import load_split
 from gateway.composition import Components
 from gateway.config import Settings
-from gateway.domain import ModelInfo, Unavailable, View
+from gateway.domain import Feedback, ModelInfo, ShopperRecord, Unavailable, View
 from gateway.history import RedisHistory
 from gateway.pipeline import Pipeline, RecommendQuery
 from gateway.serving import Serving
@@ -259,6 +259,28 @@ async def test_history_is_newest_first_and_forget_user_empties_it(recommender):
     assert not (await recommender.GetHistory(pb.GetHistoryRequest(user_id="shopper-d"), timeout=5)).views
 
 
+async def test_a_dismissed_product_is_never_recommended_again_to_that_shopper(recommender, test_split):
+    query = {"image": png(test_split.images[5]), "limit": 5}
+    first = (await recommend(recommender, user_id="shopper-g", **query)).items
+    dismissed = first[0].product_id
+    await recommender.RecordFeedback(pb.RecordFeedbackRequest(user_id="shopper-g", product_id=dismissed,
+                                                              kind=pb.FEEDBACK_KIND_DISMISS), timeout=5)
+    after = [item.product_id for item in (await recommend(recommender, user_id="shopper-g", **query)).items]
+    others = [item.product_id for item in (await recommend(recommender, user_id="shopper-h", **query)).items]
+    assert dismissed not in after and dismissed in others
+    history = await recommender.GetHistory(pb.GetHistoryRequest(user_id="shopper-g"), timeout=5)
+    assert [d.product_id for d in history.dismissals] == [dismissed] and not history.views
+    await recommender.ForgetUser(pb.ForgetUserRequest(user_id="shopper-g"), timeout=5)
+    assert dismissed in [item.product_id for item in (await recommend(recommender, user_id="shopper-g", **query)).items]
+
+
+async def test_a_purchase_is_a_view_of_the_shopper(recommender):
+    await recommender.RecordFeedback(pb.RecordFeedbackRequest(user_id="shopper-i", product_id="fmnist-train-000007",
+                                                              kind=pb.FEEDBACK_KIND_PURCHASE), timeout=5)
+    history = await recommender.GetHistory(pb.GetHistoryRequest(user_id="shopper-i"), timeout=5)
+    assert [view.product_id for view in history.views] == ["fmnist-train-000007"]
+
+
 @pytest.mark.parametrize("request_fields, code", [
     ({"image": b"\x89PNG garbage"}, grpc.StatusCode.INVALID_ARGUMENT),
     ({"product_id": "fmnist-train-000001", "limit": 1000}, grpc.StatusCode.INVALID_ARGUMENT),
@@ -341,7 +363,7 @@ async def test_without_redis_recommend_answers_visually_and_says_history_was_ski
     assert result.degraded == ("history",)
     assert len(result.items) == 5
     with pytest.raises(Unavailable):
-        await degraded.record_view("shopper-f", result.items[0].product_id)
+        await degraded.record_feedback("shopper-f", result.items[0].product_id)
     await dead_redis.close()
 
 
@@ -362,10 +384,13 @@ async def test_a_readiness_check_cancelled_before_it_runs_leaves_no_coroutine_un
 class BrokenHistory:
     """A history store with a bug: the gateway must answer INTERNAL without leaking the details."""
 
-    async def record(self, user_id: str, product_id: str, viewed_at_ms: int) -> None:
+    async def record(self, user_id: str, product_id: str, at_ms: int, feedback: Feedback = Feedback.VIEW) -> None:
         raise RuntimeError("secret internal detail")
 
     async def recent(self, user_id: str, limit: int | None = None) -> list[View]:
+        raise RuntimeError("secret internal detail")
+
+    async def shopper(self, user_id: str) -> ShopperRecord:
         raise RuntimeError("secret internal detail")
 
     async def popularity(self, product_ids: Sequence[str]) -> list[float]:

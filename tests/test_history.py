@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from gateway.domain import InvalidArgument, Unavailable, View
+from gateway.domain import Feedback, InvalidArgument, ShopperRecord, Unavailable, View
 from gateway.history import RedisHistory
 from stack.net import free_port
 from stack.redis import RedisServer
-from tests.redis_fixtures import HistoryFactory, user_keys_in
+from tests.redis_fixtures import HistoryFactory, keys_in, user_keys_in
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UNAVAILABLE = r"^history store \(Redis\) unavailable: "
@@ -99,6 +99,32 @@ async def test_popularity_is_the_log_scaled_view_count_of_all_shoppers(history_f
     assert await history.popularity([]) == []
 
 
+async def test_a_purchase_is_kept_as_a_view_and_weighs_more_in_popularity(history_factory: HistoryFactory) -> None:
+    history = history_factory()
+    await history.record("u1", "bought", 1, Feedback.PURCHASE)
+    for user in range(int(history.purchase_weight)):
+        await history.record(f"viewer-{user}", "viewed", 2)
+    await history.record("u2", "viewed-once", 3)
+
+    assert await history.recent("u1") == [View("bought", 1)]
+    bought, viewed, once = await history.popularity(["bought", "viewed", "viewed-once"])
+    assert bought == viewed == 1.0 and once < viewed, "a purchase counts as purchase_weight views"
+
+
+async def test_dismissals_are_kept_apart_capped_and_read_with_the_views(history_factory: HistoryFactory) -> None:
+    history = history_factory()
+    await history.record("u1", "seen", 1)
+    for index in range(history.max_dismissals + 2):
+        await history.record("u1", f"not-for-me-{index}", 10 + index, Feedback.DISMISS)
+
+    record = await history.shopper("u1")
+    assert record.views == [View("seen", 1)] and await history.recent("u1") == [View("seen", 1)]
+    assert len(record.dismissals) == history.max_dismissals
+    assert record.dismissals[0] == View(f"not-for-me-{history.max_dismissals + 1}", 11 + history.max_dismissals)
+    assert await history.popularity(["not-for-me-0"]) == [0.0], "a dismissal is no interest"
+    assert await history.shopper("nobody") == ShopperRecord([], [])
+
+
 async def test_forgetting_a_user_keeps_the_anonymous_view_counts(history_factory: HistoryFactory,
                                                                 redis_client: Redis) -> None:
     history = history_factory()
@@ -113,15 +139,16 @@ async def test_forgetting_a_user_keeps_the_anonymous_view_counts(history_factory
 async def test_forget_leaves_nothing_for_the_user(history_factory: HistoryFactory, redis_client: Redis) -> None:
     history = history_factory()
     await history.record("leaving", "p1", 1)
+    await history.record("leaving", "p3", 2, Feedback.DISMISS)
     await history.record("staying", "p2", 2)
-    keys_before = set(await user_keys_in(redis_client, history.namespace))
+    keys_before = set(await keys_in(redis_client, history.namespace)) - {f"{history.namespace}:popularity".encode()}
 
     await history.forget("leaving")
     await history.forget("never-seen")
 
-    keys_after = set(await user_keys_in(redis_client, history.namespace))
-    assert len(keys_before) == 2 and len(keys_after) == 1 and keys_after < keys_before
-    assert await history.recent("leaving") == []
+    keys_after = set(await keys_in(redis_client, history.namespace)) - {f"{history.namespace}:popularity".encode()}
+    assert len(keys_before) == 3 and len(keys_after) == 1 and keys_after < keys_before
+    assert await history.shopper("leaving") == ShopperRecord([], [])
     assert await history.recent("staying") == [View("p2", 2)]
 
 

@@ -166,7 +166,7 @@ async def record_view(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     """The user's recent views, newest first (query parameter user_id)."""
-    views = await request.app[CLIENT].history(request.query.get("user_id", "").strip())
+    views = (await request.app[CLIENT].history(request.query.get("user_id", "").strip())).views
     return web.json_response({"views": [
         {"product_id": view.product_id, "viewed_at_ms": view.viewed_at_ms, "image_url": image_url(view.product_id)}
         for view in views]})

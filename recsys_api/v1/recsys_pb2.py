@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/recsys.proto\x12\trecsys.v1\"\x1c\n\x06\x46ilter\x12\x12\n\ncategories\x18\x01 \x03(\t\"\x85\x01\n\x10RecommendRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x14\n\nproduct_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12!\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x11.recsys.v1.FilterB\x07\n\x05query\"\x96\x02\n\x0eRecommendation\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x14\n\x0cvisual_score\x18\x04 \x01(\x02\x12\x15\n\rhistory_score\x18\x05 \x01(\x02\x12=\n\nattributes\x18\x06 \x03(\x0b\x32).recsys.v1.Recommendation.AttributesEntry\x12\x16\n\x0e\x63\x61tegory_score\x18\x07 \x01(\x02\x12\x18\n\x10popularity_score\x18\x08 \x01(\x02\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.recsys.v1.Recommendation\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x03(\t\"8\n\x11RecordViewRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\"\x14\n\x12RecordViewResponse\"$\n\x11GetHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"0\n\x04View\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0cviewed_at_ms\x18\x02 \x01(\x03\"4\n\x12GetHistoryResponse\x12\x1e\n\x05views\x18\x01 \x03(\x0b\x32\x0f.recsys.v1.View\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x46orgetUserResponse\"\xa9\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x36\n\nattributes\x18\x04 \x03(\x0b\x32\".recsys.v1.Product.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x16UpsertProductsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\",\n\x15\x44\x65leteProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\")\n\x16\x44\x65leteProductsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\",\n\x16GetProductImageRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"F\n\x0cProductImage\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x32\xb6\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12I\n\nRecordView\x12\x1c.recsys.v1.RecordViewRequest\x1a\x1d.recsys.v1.RecordViewResponse\x12I\n\nGetHistory\x12\x1c.recsys.v1.GetHistoryRequest\x1a\x1d.recsys.v1.GetHistoryResponse\x12I\n\nForgetUser\x12\x1c.recsys.v1.ForgetUserRequest\x1a\x1d.recsys.v1.ForgetUserResponse2\xfa\x01\n\x07\x43\x61talog\x12I\n\x0eUpsertProducts\x12\x12.recsys.v1.Product\x1a!.recsys.v1.UpsertProductsResponse(\x01\x12U\n\x0e\x44\x65leteProducts\x12 .recsys.v1.DeleteProductsRequest\x1a!.recsys.v1.DeleteProductsResponse\x12M\n\x0fGetProductImage\x12!.recsys.v1.GetProductImageRequest\x1a\x17.recsys.v1.ProductImageB\xa7\x01\n\x1a\x63om.visualrecsys.recsys.v1B\x0bRecsysProtoP\x01Z\'visual-recsys/gen/go/recsys/v1;recsysv1\xa2\x02\x03RXX\xaa\x02\x16VisualRecsys.Recsys.V1\xca\x02\x16VisualRecsys\\Recsys\\V1\xea\x02\x18VisualRecsys::Recsys::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/recsys.proto\x12\trecsys.v1\"\x1c\n\x06\x46ilter\x12\x12\n\ncategories\x18\x01 \x03(\t\"\x85\x01\n\x10RecommendRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x14\n\nproduct_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12!\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x11.recsys.v1.FilterB\x07\n\x05query\"\x96\x02\n\x0eRecommendation\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x14\n\x0cvisual_score\x18\x04 \x01(\x02\x12\x15\n\rhistory_score\x18\x05 \x01(\x02\x12=\n\nattributes\x18\x06 \x03(\x0b\x32).recsys.v1.Recommendation.AttributesEntry\x12\x16\n\x0e\x63\x61tegory_score\x18\x07 \x01(\x02\x12\x18\n\x10popularity_score\x18\x08 \x01(\x02\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.recsys.v1.Recommendation\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x03(\t\"8\n\x11RecordViewRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\"\x14\n\x12RecordViewResponse\"c\n\x15RecordFeedbackRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.recsys.v1.FeedbackKind\"\x18\n\x16RecordFeedbackResponse\"$\n\x11GetHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"0\n\x04View\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0cviewed_at_ms\x18\x02 \x01(\x03\"Y\n\x12GetHistoryResponse\x12\x1e\n\x05views\x18\x01 \x03(\x0b\x32\x0f.recsys.v1.View\x12#\n\ndismissals\x18\x02 \x03(\x0b\x32\x0f.recsys.v1.View\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x46orgetUserResponse\"\xa9\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x36\n\nattributes\x18\x04 \x03(\x0b\x32\".recsys.v1.Product.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x16UpsertProductsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\",\n\x15\x44\x65leteProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\")\n\x16\x44\x65leteProductsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\",\n\x16GetProductImageRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"F\n\x0cProductImage\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*|\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x45\x45\x44\x42\x41\x43K_KIND_VIEW\x10\x01\x12\x19\n\x15\x46\x45\x45\x44\x42\x41\x43K_KIND_DISMISS\x10\x02\x12\x1a\n\x16\x46\x45\x45\x44\x42\x41\x43K_KIND_PURCHASE\x10\x03\x32\x8d\x03\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12I\n\nRecordView\x12\x1c.recsys.v1.RecordViewRequest\x1a\x1d.recsys.v1.RecordViewResponse\x12U\n\x0eRecordFeedback\x12 .recsys.v1.RecordFeedbackRequest\x1a!.recsys.v1.RecordFeedbackResponse\x12I\n\nGetHistory\x12\x1c.recsys.v1.GetHistoryRequest\x1a\x1d.recsys.v1.GetHistoryResponse\x12I\n\nForgetUser\x12\x1c.recsys.v1.ForgetUserRequest\x1a\x1d.recsys.v1.ForgetUserResponse2\xfa\x01\n\x07\x43\x61talog\x12I\n\x0eUpsertProducts\x12\x12.recsys.v1.Product\x1a!.recsys.v1.UpsertProductsResponse(\x01\x12U\n\x0e\x44\x65leteProducts\x12 .recsys.v1.DeleteProductsRequest\x1a!.recsys.v1.DeleteProductsResponse\x12M\n\x0fGetProductImage\x12!.recsys.v1.GetProductImageRequest\x1a\x17.recsys.v1.ProductImageB\xa7\x01\n\x1a\x63om.visualrecsys.recsys.v1B\x0bRecsysProtoP\x01Z\'visual-recsys/gen/go/recsys/v1;recsysv1\xa2\x02\x03RXX\xaa\x02\x16VisualRecsys.Recsys.V1\xca\x02\x16VisualRecsys\\Recsys\\V1\xea\x02\x18VisualRecsys::Recsys::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDATION_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_PRODUCT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_FEEDBACKKIND']._serialized_start=1449
+  _globals['_FEEDBACKKIND']._serialized_end=1573
   _globals['_FILTER']._serialized_start=37
   _globals['_FILTER']._serialized_end=65
   _globals['_RECOMMENDREQUEST']._serialized_start=68
@@ -50,32 +52,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDVIEWREQUEST']._serialized_end=636
   _globals['_RECORDVIEWRESPONSE']._serialized_start=638
   _globals['_RECORDVIEWRESPONSE']._serialized_end=658
-  _globals['_GETHISTORYREQUEST']._serialized_start=660
-  _globals['_GETHISTORYREQUEST']._serialized_end=696
-  _globals['_VIEW']._serialized_start=698
-  _globals['_VIEW']._serialized_end=746
-  _globals['_GETHISTORYRESPONSE']._serialized_start=748
-  _globals['_GETHISTORYRESPONSE']._serialized_end=800
-  _globals['_FORGETUSERREQUEST']._serialized_start=802
-  _globals['_FORGETUSERREQUEST']._serialized_end=838
-  _globals['_FORGETUSERRESPONSE']._serialized_start=840
-  _globals['_FORGETUSERRESPONSE']._serialized_end=860
-  _globals['_PRODUCT']._serialized_start=863
-  _globals['_PRODUCT']._serialized_end=1032
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=660
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=759
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=761
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=785
+  _globals['_GETHISTORYREQUEST']._serialized_start=787
+  _globals['_GETHISTORYREQUEST']._serialized_end=823
+  _globals['_VIEW']._serialized_start=825
+  _globals['_VIEW']._serialized_end=873
+  _globals['_GETHISTORYRESPONSE']._serialized_start=875
+  _globals['_GETHISTORYRESPONSE']._serialized_end=964
+  _globals['_FORGETUSERREQUEST']._serialized_start=966
+  _globals['_FORGETUSERREQUEST']._serialized_end=1002
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1004
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1024
+  _globals['_PRODUCT']._serialized_start=1027
+  _globals['_PRODUCT']._serialized_end=1196
   _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_start=433
   _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_end=482
-  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_start=1034
-  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_end=1076
-  _globals['_DELETEPRODUCTSREQUEST']._serialized_start=1078
-  _globals['_DELETEPRODUCTSREQUEST']._serialized_end=1122
-  _globals['_DELETEPRODUCTSRESPONSE']._serialized_start=1124
-  _globals['_DELETEPRODUCTSRESPONSE']._serialized_end=1165
-  _globals['_GETPRODUCTIMAGEREQUEST']._serialized_start=1167
-  _globals['_GETPRODUCTIMAGEREQUEST']._serialized_end=1211
-  _globals['_PRODUCTIMAGE']._serialized_start=1213
-  _globals['_PRODUCTIMAGE']._serialized_end=1283
-  _globals['_RECOMMENDER']._serialized_start=1286
-  _globals['_RECOMMENDER']._serialized_end=1596
-  _globals['_CATALOG']._serialized_start=1599
-  _globals['_CATALOG']._serialized_end=1849
+  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_start=1198
+  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_end=1240
+  _globals['_DELETEPRODUCTSREQUEST']._serialized_start=1242
+  _globals['_DELETEPRODUCTSREQUEST']._serialized_end=1286
+  _globals['_DELETEPRODUCTSRESPONSE']._serialized_start=1288
+  _globals['_DELETEPRODUCTSRESPONSE']._serialized_end=1329
+  _globals['_GETPRODUCTIMAGEREQUEST']._serialized_start=1331
+  _globals['_GETPRODUCTIMAGEREQUEST']._serialized_end=1375
+  _globals['_PRODUCTIMAGE']._serialized_start=1377
+  _globals['_PRODUCTIMAGE']._serialized_end=1447
+  _globals['_RECOMMENDER']._serialized_start=1576
+  _globals['_RECOMMENDER']._serialized_end=1973
+  _globals['_CATALOG']._serialized_start=1976
+  _globals['_CATALOG']._serialized_end=2226
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_KIND_UNSPECIFIED: _ClassVar[FeedbackKind]
+    FEEDBACK_KIND_VIEW: _ClassVar[FeedbackKind]
+    FEEDBACK_KIND_DISMISS: _ClassVar[FeedbackKind]
+    FEEDBACK_KIND_PURCHASE: _ClassVar[FeedbackKind]
+FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
+FEEDBACK_KIND_VIEW: FeedbackKind
+FEEDBACK_KIND_DISMISS: FeedbackKind
+FEEDBACK_KIND_PURCHASE: FeedbackKind
 
 class Filter(_message.Message):
     __slots__ = ("categories",)
@@ -75,6 +87,20 @@ class RecordViewResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("user_id", "product_id", "kind")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    product_id: str
+    kind: FeedbackKind
+    def __init__(self, user_id: _Optional[str] = ..., product_id: _Optional[str] = ..., kind: _Optional[_Union[FeedbackKind, str]] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetHistoryRequest(_message.Message):
     __slots__ = ("user_id",)
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,10 +116,12 @@ class View(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., viewed_at_ms: _Optional[int] = ...) -> None: ...
 
 class GetHistoryResponse(_message.Message):
-    __slots__ = ("views",)
+    __slots__ = ("views", "dismissals")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
+    DISMISSALS_FIELD_NUMBER: _ClassVar[int]
     views: _containers.RepeatedCompositeFieldContainer[View]
-    def __init__(self, views: _Optional[_Iterable[_Union[View, _Mapping]]] = ...) -> None: ...
+    dismissals: _containers.RepeatedCompositeFieldContainer[View]
+    def __init__(self, views: _Optional[_Iterable[_Union[View, _Mapping]]] = ..., dismissals: _Optional[_Iterable[_Union[View, _Mapping]]] = ...) -> None: ...
 
 class ForgetUserRequest(_message.Message):
     __slots__ = ("user_id",)

@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recsys__pb2.RecordViewRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recsys__pb2.RecordViewResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/recsys.v1.Recommender/RecordFeedback',
+                request_serializer=recsys_dot_v1_dot_recsys__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recsys__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
         self.GetHistory = channel.unary_unary(
                 '/recsys.v1.Recommender/GetHistory',
                 request_serializer=recsys_dot_v1_dot_recsys__pb2.GetHistoryRequest.SerializeToString,
@@ -84,8 +89,20 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Records what a user did with a product: viewed it (as RecordView), dismissed it ("not interested": it is
+        never recommended to that user again, and products that look almost the same are ranked lower), or bought
+        it (kept as a view; counts more than a view in the product's popularity). The server keeps a user's most
+        recent dismissals (50 by default) for 30 days after their latest feedback.
+        Scope: read. Errors: INVALID_ARGUMENT when kind is unspecified; NOT_FOUND when the product is not in the
+        catalog; UNAVAILABLE when the history store is down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetHistory(self, request, context):
-        """A user's recent views, newest first; empty for a user with none.
+        """A user's recent views and dismissals, newest first; empty for a user with none.
         Scope: read. Errors: UNAVAILABLE when the history store is down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -93,8 +110,8 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ForgetUser(self, request, context):
-        """Removes everything stored about a user (their view history); succeeds for a user with none. The products'
-        popularity counts, which hold no user, stay as they are.
+        """Removes everything stored about a user (their views and dismissals); succeeds for a user with none. The
+        products' popularity counts, which hold no user, stay as they are.
         Scope: write. Errors: UNAVAILABLE when the history store is down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -113,6 +130,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RecordView,
                     request_deserializer=recsys_dot_v1_dot_recsys__pb2.RecordViewRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recsys__pb2.RecordViewResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=recsys_dot_v1_dot_recsys__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recsys__pb2.RecordFeedbackResponse.SerializeToString,
             ),
             'GetHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHistory,
@@ -180,6 +202,33 @@ class Recommender:
             '/recsys.v1.Recommender/RecordView',
             recsys_dot_v1_dot_recsys__pb2.RecordViewRequest.SerializeToString,
             recsys_dot_v1_dot_recsys__pb2.RecordViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/RecordFeedback',
+            recsys_dot_v1_dot_recsys__pb2.RecordFeedbackRequest.SerializeToString,
+            recsys_dot_v1_dot_recsys__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
