@@ -13,10 +13,13 @@ at ``query`` (the last of them), and views ``target`` next. Methods, each a top-
 
 Redis holds the views of the shoppers behind the non-visual baselines before anything is measured, so the
 ranker's popularity counts start from the same crowd; the views recorded during the evaluation add to them.
-The ranker's weights are chosen on validation shoppers (in-process pipelines over the same Triton,
-Qdrant and Redis) in two stages: the shopper's own signals (history, category, half-life) with popularity
-at 0, then the popularity weight on top of the best of those. The test shoppers, simulated with another
-seed, are served by gateways with the chosen weights.
+The ranker's weights are chosen on validation shoppers in two stages: the shopper's own signals (history,
+temperature, category, half-life) with popularity at 0, then the popularity weight on top of the best of those.
+The in-process pipeline over the same Triton, Qdrant and Redis gives each validation step's candidates once
+(`Pipeline.ranking_inputs`), and every setting ranks them with the served ranker. The test shoppers, simulated
+with another seed, are served by gateways with the chosen weights; at each test step the in-process pipeline's
+candidates are ranked again offline, to check that they give the served own-views list and to compare ways of
+using the views (:data:`APPROACHES`).
 """
 
 import asyncio
@@ -27,19 +30,25 @@ from dataclasses import dataclass, replace
 
 from evaluation.metrics import next_item_metrics
 from evaluation.shoppers import Shopper
-from gateway.pipeline import Pipeline, RecommendQuery
+from gateway.pipeline import Pipeline, RankingInputs, RecommendQuery
 from gateway.ports import HistoryStore
-from ranker import Weights
+from ranker import ReasonKind, Weights, rerank
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 K = 10
 METHODS = ("visual", "history_aware", "own_views_only", "history_only", "most_viewed", "category_popularity")
-HISTORY_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
-CATEGORY_GRID = (0.0, 0.25, 0.5, 1.0)
+HISTORY_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
+CATEGORY_GRID = (0.0, 0.25, 0.5)
 HALF_LIFE_GRID = (2.0, 5.0, 10.0)
 POPULARITY_GRID = (0.1, 0.2, 0.4, 0.8)
 CROWD_CONCURRENCY = 32
+# Ways of using the own views compared on the test steps, each a change to the chosen own-views weights or to the
+# candidates: a temperature of 10 makes the history score the recency-weighted mean similarity to the views (what
+# one mean direction gives), 0.005 the similarity to the closest view.
+APPROACHES = ("soft maximum, local scaling (served)", "closest view", "mean of the views", "without local scaling",
+              "query search only")
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,11 @@ class Step:
     @property
     def query(self) -> str:
         return self.history[-1]
+
+
+def one_user_per_step(steps: Sequence[Step]) -> list[Step]:
+    """The steps, each under a user of its own, so that each history is recorded once and ranked as it is."""
+    return [replace(step, user=f"{step.user}-{number}") for number, step in enumerate(steps)]
 
 
 def steps_of(shoppers: Sequence[Shopper], product_ids: Sequence[str], prefix: str, last: int) -> list[Step]:
@@ -112,10 +126,12 @@ async def record_crowd(history: HistoryStore, shoppers: Sequence[Shopper], produ
 
 
 def weight_grid(base: Weights) -> list[Weights]:
-    """The first tuning stage: visual fixed at 1, popularity at 0, the own-view weights and half-life varied."""
-    return [replace(base, visual=1.0, history=history, category=category, popularity=0.0,
-                    half_life_views=half_life)
-            for history, category, half_life in itertools.product(HISTORY_GRID, CATEGORY_GRID, HALF_LIFE_GRID)]
+    """The first tuning stage: visual fixed at 1, popularity at 0, the own-view weights, temperature and
+    half-life varied."""
+    return [replace(base, visual=1.0, history=history, history_temperature=temperature, category=category,
+                    popularity=0.0, half_life_views=half_life)
+            for history, temperature, category, half_life in itertools.product(
+                HISTORY_GRID, TEMPERATURE_GRID, CATEGORY_GRID, HALF_LIFE_GRID)]
 
 
 def best_of(scores: Sequence[tuple[Weights, dict[str, float]]]) -> Weights:
@@ -132,43 +148,91 @@ class Tuning:
     scores: list[tuple[Weights, dict[str, float]]]
 
 
+def ranked_ids(inputs: RankingInputs, weights: Weights) -> list[str]:
+    """The top-10 product ids the served ranker gives for these inputs under ``weights``."""
+    return [ranked.product_id for ranked in rerank(inputs.candidates, inputs.taste, weights, K)]
+
+
+async def ranking_inputs(pipeline: Pipeline, step: Step) -> RankingInputs:
+    """What the pipeline ranks for a step's history-aware list."""
+    return await pipeline.ranking_inputs(RecommendQuery(user_id=step.user, product_id=step.query, limit=K))
+
+
 async def tune_weights(pipeline: Pipeline, defaults: Weights, steps: Sequence[Step], concurrency: int = 8
                        ) -> Tuning:
     """Weights chosen on ``steps`` (one step per user) in two stages: :func:`weight_grid`, then
     POPULARITY_GRID on top of its best; the best of all settings by hit@10 (then NDCG@10).
 
-    Each setting runs as the gateway's in-process Pipeline with those weights (`Pipeline.with_weights`).
+    The pipeline (whose popularity weight must not be 0, so that it reads popularity) gives each step's candidates
+    once; each setting ranks them as the served ranker does.
     """
     if len({step.user for step in steps}) != len(steps):
         raise ValueError("tuning evaluates one step per user, with the history recorded once")
     await record_history(pipeline.record_feedback, steps)
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def score(weights: Weights) -> tuple[Weights, dict[str, float]]:
-        candidate = pipeline.with_weights(weights)
+    async def inputs_of(step: Step) -> RankingInputs:
+        async with semaphore:
+            return await ranking_inputs(pipeline, step)
 
-        async def ranked(step: Step) -> list[str]:
-            async with semaphore:
-                result = await candidate.recommend(RecommendQuery(user_id=step.user, product_id=step.query, limit=K))
-            return [item.product_id for item in result.items]
+    inputs = await asyncio.gather(*(inputs_of(step) for step in steps))
+    targets = [step.target for step in steps]
 
-        lists = await asyncio.gather(*(ranked(step) for step in steps))
-        return weights, next_item_metrics(lists, [step.target for step in steps], K)
+    def score(weights: Weights) -> tuple[Weights, dict[str, float]]:
+        return weights, next_item_metrics([ranked_ids(each, weights) for each in inputs], targets, K)
 
-    scores = [await score(weights) for weights in weight_grid(defaults)]
+    scores = [score(weights) for weights in weight_grid(defaults)]
     own_views = best_of(scores)
-    scores += [await score(replace(own_views, popularity=popularity)) for popularity in POPULARITY_GRID]
+    scores += [score(replace(own_views, popularity=popularity)) for popularity in POPULARITY_GRID]
     return Tuning(best_of(scores), own_views, scores)
 
 
+def reason_shares(inputs: Sequence[RankingInputs], weights: Weights) -> dict[str, float]:
+    """Per reason kind, the share of the top-10 items under ``weights`` that give it."""
+    items = [ranked for each in inputs for ranked in rerank(each.candidates, each.taste, weights, K)]
+    counts = Counter(reason.kind.value for ranked in items for reason in ranked.reasons)
+    return {kind.value: counts[kind.value] / max(len(items), 1) for kind in ReasonKind}
+
+
+def approach_lists(inputs: Sequence[RankingInputs], query_only: Sequence[RankingInputs], weights: Weights
+                   ) -> dict[str, list[list[str]]]:
+    """Each of APPROACHES' top-10 lists for the test steps, from the in-process candidates (``query_only``: those of
+    a pipeline that searches around the query alone)."""
+    unscaled = [replace(each, candidates=[replace(c, neighbour_similarity=0.0) for c in each.candidates])
+                for each in inputs]
+    variants = (
+        (inputs, weights),
+        (inputs, replace(weights, history_temperature=0.005)),
+        (inputs, replace(weights, history_temperature=10.0)),
+        (unscaled, weights),
+        (query_only, weights),
+    )
+    return {approach: [ranked_ids(each, variant_weights) for each in variant_inputs]
+            for approach, (variant_inputs, variant_weights) in zip(APPROACHES, variants, strict=True)}
+
+
+@dataclass
+class ServedLists:
+    """Every method's top-10 list per test step, and the in-process ranking inputs of each step's history-aware
+    list (from the pipeline, and from a copy that searches around the query alone)."""
+
+    lists: dict[str, list[list[str]]]
+    inputs: list[RankingInputs]
+    query_only_inputs: list[RankingInputs]
+
+
 async def served_lists(stub: pb_grpc.RecommenderStub, own_views_stub: pb_grpc.RecommenderStub,
-                       steps: Sequence[Step], popularity: Popularity, timeout_s: float = 10.0
-                       ) -> dict[str, list[list[str]]]:
+                       pipeline: Pipeline, steps: Sequence[Step], popularity: Popularity, timeout_s: float = 10.0
+                       ) -> ServedLists:
     """Every method's top-10 list for each step; histories are recorded through ``stub`` as they grow.
 
-    ``own_views_stub`` is a gateway over the same backends whose weights leave popularity out.
+    ``own_views_stub`` is a gateway over the same backends whose weights leave popularity out; ``pipeline`` (over
+    the same backends) gives the in-process ranking inputs at each step.
     """
     lists: dict[str, list[list[str]]] = {method: [] for method in METHODS}
+    inputs: list[RankingInputs] = []
+    query_only_inputs: list[RankingInputs] = []
+    query_only = pipeline.searching_around_the_query_only()
 
     async def recommend(through: pb_grpc.RecommenderStub = stub, product_id: str | None = None,
                         user_id: str | None = None) -> list[str]:
@@ -189,8 +253,10 @@ async def served_lists(stub: pb_grpc.RecommenderStub, own_views_stub: pb_grpc.Re
         lists["history_only"].append(await recommend(user_id=step.user))
         lists["most_viewed"].append(popularity.most_viewed(step))
         lists["category_popularity"].append(popularity.category_popularity(step))
+        inputs.append(await ranking_inputs(pipeline, step))
+        query_only_inputs.append(await ranking_inputs(query_only, step))
         await record(step.user, step.target)
-    return lists
+    return ServedLists(lists, inputs, query_only_inputs)
 
 
 def scores_of(lists: dict[str, list[list[str]]], steps: Sequence[Step]) -> dict[str, dict[str, float]]:

@@ -39,6 +39,11 @@ def goals(evaluation: Evaluation) -> list[tuple[str, str, bool]]:
         best_baseline = max(test["most_viewed"]["hit"], test["category_popularity"]["hit"])
         rows.append((f"v{result.version}: (b) over (a), relative hit@10 lift >= {GOAL_LIFT:.0%}", f"{lift:+.1%}",
                      lift >= GOAL_LIFT))
+        own_lift = lift_over_visual(test, "own_views_only")
+        rows.append((f"v{result.version}: (b) without popularity over (a), relative hit@10 lift >= {GOAL_LIFT:.0%}",
+                     f"{own_lift:+.1%}", own_lift >= GOAL_LIFT))
+        rows.append((f"v{result.version}: served lists equal the offline ranking of the same candidates",
+                     f"{result.served_agreement:.1%} of lists", result.served_agreement == 1.0))
         rows.append((f"v{result.version}: (b) beats (d) on hit@10",
                      f"{test['history_aware']['hit']:.3f} vs {best_baseline:.3f}",
                      test["history_aware"]["hit"] > best_baseline))
@@ -117,10 +122,12 @@ given the popularity shoppers' views (the same crowd as (d)); the validation and
 them as they are recorded, never a view before it happens. "(b) without popularity" is a second gateway whose
 weights leave popularity out: what the shopper's own views add to (a).
 
-**Tuning** on the last view of each validation shopper ({results[0].validation_steps} predictions), in two
-stages, each setting run by an in-process pipeline over the same Triton, Qdrant and Redis: the shopper's own
-signals with popularity 0 (visual 1; history, category and half-life on a grid), then popularity weights on top
-of the best of those; {len(results[0].validation)} settings in all, the best hit@10 (then NDCG@10) is chosen.
+**Tuning** on the last {evaluation.config.test_steps} views of each validation shopper, each step under a user of
+its own ({results[0].validation_steps} predictions), in two stages: the shopper's own signals with popularity 0
+(visual 1; history weight, temperature, category weight and half-life on a grid), then popularity weights on top
+of the best of those; {len(results[0].validation)} settings in all, the best hit@10 (then NDCG@10) is chosen. An
+in-process pipeline over the same Triton, Qdrant and Redis gives each step's candidates once
+(`Pipeline.ranking_inputs`) and every setting ranks them with the served ranker.
 
 {chr(10).join(tuning_line(r) for r in results)}
 
@@ -130,16 +137,49 @@ of the best of those; {len(results[0].validation)} settings in all, the best hit
 
 {chr(10).join(own_views_line(r) for r in results)}
 
+**Ways of using the own views**, compared on the test steps at the chosen own-views weights (popularity 0): the
+in-process pipeline's candidates at each step, ranked offline; the first row is what the gateway serves, and
+the served lists equal these offline rankings ({agreement_text(results)}).
+
+{approaches_table(results)}
+
 ![personalisation](personalisation.png)
 """
 
 
+APPROACH_NOTES = {
+    "soft maximum, local scaling (served)": "recency-weighted soft maximum of the similarities to the views, "
+                                            "minus the candidate's neighbour similarity",
+    "closest view": "temperature 0.005: the similarity to the closest view",
+    "mean of the views": "temperature 10: the recency-weighted mean similarity, as one mean direction gives",
+    "without local scaling": "the neighbour similarity left out",
+    "query search only": "candidates from the search around the query alone, none from the recent views",
+}
+
+
+def approaches_table(results: list[PersonalisationResult]) -> str:
+    lines = ["| approach | " + " | ".join(f"hit@10 v{r.version} | lift over (a) v{r.version}" for r in results)
+             + " | what changes |", "|" + " --- |" * (2 + 2 * len(results))]
+    for approach, note in APPROACH_NOTES.items():
+        hits = [(r.approaches[approach]["hit"], r.test["visual"]["hit"]) for r in results]
+        lines.append(f"| {approach} | " + " | ".join(f"{hit:.3f} | {hit / max(visual, 1e-9) - 1:+.1%}"
+                                                     for hit, visual in hits) + f" | {note} |")
+    return "\n".join(lines)
+
+
+def agreement_text(results: list[PersonalisationResult]) -> str:
+    return ", ".join(f"v{r.version}: {r.served_agreement:.1%} of the (b) lists" for r in results)
+
+
 def own_views_line(result: PersonalisationResult) -> str:
     """What the shopper's own views add to the visual list, without popularity."""
-    test = result.test
+    test, w = result.test, result.own_views_weights
     return (f"- v{result.version}: own views alone lift hit@10 from {test['visual']['hit']:.3f} to "
-            f"{test['own_views_only']['hit']:.3f} ({lift_over_visual(test, 'own_views_only'):+.1%}); "
-            f"with popularity, {test['history_aware']['hit']:.3f}.")
+            f"{test['own_views_only']['hit']:.3f} ({lift_over_visual(test, 'own_views_only'):+.1%}; history "
+            f"{w.history:g}, temperature {w.history_temperature:g}, category {w.category:g}, half-life "
+            f"{w.half_life_views:g} views); with popularity, {test['history_aware']['hit']:.3f}. Reasons given in "
+            "the (b) lists: " + ", ".join(f"{kind} {share:.0%} of items" for kind, share in result.reasons.items())
+            + ".")
 
 
 def tuning_line(result: PersonalisationResult) -> str:
@@ -147,8 +187,9 @@ def tuning_line(result: PersonalisationResult) -> str:
     chosen = dict(result.validation)[result.weights]
     default = next((scores for weights, scores in result.validation if weights == result.default_weights), None)
     w = result.weights
-    line = (f"- v{result.version}: history {w.history:g}, category {w.category:g}, popularity {w.popularity:g}, "
-            f"half-life {w.half_life_views:g} views (validation hit@10 {chosen['hit']:.3f}, "
+    line = (f"- v{result.version}: history {w.history:g}, temperature {w.history_temperature:g}, category "
+            f"{w.category:g}, popularity {w.popularity:g}, half-life {w.half_life_views:g} views (validation hit@10 "
+            f"{chosen['hit']:.3f}, "
             f"NDCG@10 {chosen['ndcg']:.3f})")
     if default is not None:
         line += f"; the default weights scored {default['hit']:.3f} / {default['ndcg']:.3f}"
@@ -270,6 +311,7 @@ def numbers(evaluation: Evaluation) -> dict[str, object]:
             "version": p.version, "weights": asdict(p.weights), "own_views_weights": asdict(p.own_views_weights),
             "test": p.test, "test_steps": p.test_steps,
             "validation_steps": p.validation_steps,
+            "approaches": p.approaches, "served_agreement": p.served_agreement, "reasons": p.reasons,
             "validation": [{"weights": asdict(w), **scores} for w, scores in p.validation]}
             for p in evaluation.personalisation],
         "seconds": evaluation.seconds,

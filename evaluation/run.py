@@ -29,6 +29,10 @@ from evaluation.latency import LoadRun, load_run
 from evaluation.personalisation import (
     METHODS,
     Popularity,
+    approach_lists,
+    one_user_per_step,
+    ranked_ids,
+    reason_shares,
     record_crowd,
     scores_of,
     served_lists,
@@ -106,6 +110,9 @@ class PersonalisationResult:
     default_weights: Weights
     validation: list[tuple[Weights, dict[str, float]]]
     test: dict[str, dict[str, float]]
+    approaches: dict[str, dict[str, float]]
+    served_agreement: float
+    reasons: dict[str, float]
     validation_steps: int
     test_steps: int
     shopper_config: ShopperConfig
@@ -240,21 +247,27 @@ async def measure_personalisation(config: EvalConfig, running: RunningGateway, v
     async with Redis.from_url(settings.redis_url) as redis:
         await redis.flushdb()
     await record_crowd(pipeline.history, crowd, catalog_ids)
-    validation = steps_of(simulate(catalog, config.validation_shoppers, config.seed + 2), catalog_ids,
-                          f"v{version}-validation", last=1)
+    validation = one_user_per_step(steps_of(simulate(catalog, config.validation_shoppers, config.seed + 2),
+                                            catalog_ids, f"v{version}-validation", last=config.test_steps))
     tuning = await tune_weights(pipeline, settings.weights, validation)
     log.info("ranker weights chosen on %d validation steps: %s", len(validation), tuning.weights)
     test = steps_of(simulate(catalog, config.test_shoppers, config.seed + 3), catalog_ids, f"v{version}-test",
                     last=config.test_steps)
     async with gateway_with_weights(running, tuning.weights) as tuned, \
             gateway_with_weights(running, tuning.own_views_weights) as own_views:
-        lists = await served_lists(tuned, own_views, test, popularity)
-    scores = scores_of(lists, test)
+        served = await served_lists(tuned, own_views, pipeline, test, popularity)
+    scores = scores_of(served.lists, test)
     for method in METHODS:
         log.info("version %s, %s: hit@10 %.3f, NDCG@10 %.3f", version, method, scores[method]["hit"],
                  scores[method]["ndcg"])
+    offline = {"history_aware": [ranked_ids(inputs, tuning.weights) for inputs in served.inputs],
+               "own_views_only": [ranked_ids(inputs, tuning.own_views_weights) for inputs in served.inputs]}
+    agreement = sum(offline[method][i] == served.lists[method][i] for method in offline for i in range(len(test)))
+    approaches = scores_of(approach_lists(served.inputs, served.query_only_inputs, tuning.own_views_weights), test)
     return PersonalisationResult(version, tuning.weights, tuning.own_views_weights, settings.weights, tuning.scores,
-                                 scores, len(validation), len(test), shopper_config)
+                                 scores, approaches, agreement / (2 * len(test)),
+                                 reason_shares(served.inputs, tuning.weights), len(validation), len(test),
+                                 shopper_config)
 
 
 @asynccontextmanager

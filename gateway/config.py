@@ -64,7 +64,12 @@ class Settings(BaseSettings):
     rank_weight_history: Weight = _DEFAULT_WEIGHTS.history
     rank_weight_category: Weight = _DEFAULT_WEIGHTS.category
     rank_weight_popularity: Weight = _DEFAULT_WEIGHTS.popularity
+    rank_weight_dismissed: Weight = _DEFAULT_WEIGHTS.dismissed
     rank_half_life_views: PositiveFloat = _DEFAULT_WEIGHTS.half_life_views
+    rank_history_temperature: PositiveFloat = _DEFAULT_WEIGHTS.history_temperature
+    rank_near_duplicate: float = Field(_DEFAULT_WEIGHTS.near_duplicate, ge=-1, lt=1)
+    rank_search_views: int = Field(3, ge=0)
+    rank_view_pool: int = Field(20, ge=1)
     rank_exclude_viewed: bool = _DEFAULT_WEIGHTS.exclude_viewed
     request_timeout_s: PositiveSeconds = Field(5.0, validation_alias="REQUEST_TIMEOUT_SECONDS")
     embed_timeout_s: PositiveSeconds = Field(3.0, validation_alias="EMBED_TIMEOUT_SECONDS")
@@ -104,7 +109,9 @@ class Settings(BaseSettings):
         """The ranker's weights (RANK_*)."""
         return Weights(visual=self.rank_weight_visual, history=self.rank_weight_history,
                        category=self.rank_weight_category, popularity=self.rank_weight_popularity,
-                       half_life_views=self.rank_half_life_views, exclude_viewed=self.rank_exclude_viewed)
+                       dismissed=self.rank_weight_dismissed, half_life_views=self.rank_half_life_views,
+                       history_temperature=self.rank_history_temperature, near_duplicate=self.rank_near_duplicate,
+                       exclude_viewed=self.rank_exclude_viewed)
 
     @property
     def image_limits(self) -> ImageLimits:

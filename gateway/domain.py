@@ -22,13 +22,16 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class CatalogItem:
-    """A catalog product with its embedding; `thumbnail` (JPEG) is set when storing, not when searching."""
+    """A catalog product with its embedding; `thumbnail` (JPEG) is set when storing, not when searching;
+    `neighbour_similarity` (its mean cosine similarity to its nearest catalog neighbours) is read, never written
+    with the product: 0 until it is set."""
 
     product_id: str
     category: str
     vector: np.ndarray
     attributes: Mapping[str, str] = field(default_factory=dict)
     thumbnail: bytes = b""
+    neighbour_similarity: float = 0.0
 
 
 @dataclass(frozen=True)

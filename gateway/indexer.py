@@ -14,6 +14,10 @@ from .metrics import Metrics
 from .ports import CatalogStore, Embedder
 from .validation import check_attributes, check_id
 
+# A product's neighbour similarity is its mean cosine similarity to this many nearest other products.
+NEIGHBOURS = 10
+NEIGHBOURHOOD_BATCH = 256
+
 
 @dataclass(frozen=True)
 class NewProduct:
@@ -57,8 +61,11 @@ class Indexer:
         switched._embedder, switched._catalog = embedder, catalog
         return switched
 
-    async def index(self, products: Sequence[NewProduct], skip_existing: bool = False) -> IndexReport:
-        """Stores one batch; with skip_existing, products already in the catalog are not embedded again."""
+    async def index(self, products: Sequence[NewProduct], skip_existing: bool = False,
+                    neighbourhoods: bool = True) -> IndexReport:
+        """Stores one batch; with skip_existing, products already in the catalog are not embedded again. With
+        neighbourhoods, the stored products' neighbour similarities are set (bulk loads set them once at the end,
+        in `finish`)."""
         report = IndexReport()
         if skip_existing:
             present = await self._catalog.retrieve([p.product_id for p in products], with_vectors=False)
@@ -83,7 +90,28 @@ class Indexer:
                                         for p, vector, thumbnail in zip(accepted, vectors, thumbnails, strict=True)])
             self._metrics.products_ingested.inc(len(accepted))
             report.stored = len(accepted)
+            if neighbourhoods:
+                await self.set_neighbourhoods([p.product_id for p in accepted])
         return report
+
+    async def finish(self, product_ids: Sequence[str]) -> None:
+        """After a bulk load: builds the catalog's search index, then sets the products' neighbour similarities."""
+        await self._catalog.optimize()
+        await self.set_neighbourhoods(product_ids)
+
+    async def set_neighbourhoods(self, product_ids: Sequence[str]) -> None:
+        """Sets each stored product's neighbour similarity: its mean cosine similarity to its NEIGHBOURS nearest
+        other products (the ranker's local scaling). A product's neighbours keep theirs until they are set again,
+        which a bulk load does for all."""
+        for start in range(0, len(product_ids), NEIGHBOURHOOD_BATCH):
+            stored = list((await self._catalog.retrieve(product_ids[start:start + NEIGHBOURHOOD_BATCH])).values())
+            found = await self._catalog.search_batch([item.vector for item in stored], NEIGHBOURS + 1)
+            values = {}
+            for item, hits in zip(stored, found, strict=True):
+                scores = [hit.score for hit in hits if hit.item.product_id != item.product_id][:NEIGHBOURS]
+                if scores:
+                    values[item.product_id] = float(np.mean(scores))
+            await self._catalog.set_neighbour_similarities(values)
 
     async def _decode(self, product: NewProduct) -> tuple[np.ndarray, bytes]:
         """The product's model input and thumbnail, made in the decode pool."""

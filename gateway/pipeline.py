@@ -5,14 +5,14 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Taste, Weights, rerank, taste_of
+from ranker import NO_TASTE, Candidate, HistoryItem, Reason, Taste, Weights, rerank, taste_of
 
 from .admission import Admission
 from .config import Settings
@@ -30,7 +30,7 @@ from .domain import (
 from .images import preprocess
 from .item_cache import ItemCache
 from .metrics import Metrics
-from .ports import CatalogStore, Embedder, HistoryStore, SimilarityQuery
+from .ports import CatalogStore, Embedder, HistoryStore
 from .validation import check_categories, check_id, check_id_count
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class RecommendQuery:
 
 @dataclass(frozen=True)
 class Recommended:
-    """One recommended product with the parts of its score."""
+    """One recommended product with the parts of its score and the reasons it is there."""
 
     product_id: str
     category: str
@@ -60,6 +60,8 @@ class Recommended:
     history_score: float
     category_score: float
     popularity_score: float
+    dismissal_score: float
+    reasons: tuple[Reason, ...]
 
 
 @dataclass(frozen=True)
@@ -70,26 +72,31 @@ class Recommendations:
 
 
 @dataclass(frozen=True)
+class RankingInputs:
+    """What the ranker ranks for a query: the candidates with every similarity, the shopper's taste, the
+    candidates' attributes, and the stages skipped."""
+
+    candidates: list[Candidate]
+    taste: Taste
+    attributes: dict[str, Mapping[str, str]]
+    degraded: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class _Shopper:
-    """What a shopper's recent views give a query: their taste (with the taste vector, their recency-weighted
-    direction), the taste vector's nearest products, the viewed products to leave out, and whether Redis failed."""
+    """What a shopper's record gives a query: their taste with the vectors of its views, the vectors of their
+    dismissed products, the searches around their recent views (and, without another query, around their taste
+    vector first), the products to leave out, and whether Redis failed."""
 
     taste: Taste
-    hits: list[Neighbour]
+    view_vectors: list[np.ndarray]
+    dismissed_vectors: list[np.ndarray]
+    hits: list[list[Neighbour]]
     excluded: set[str]
     degraded: tuple[str, ...]
 
 
-_ANONYMOUS = _Shopper(NO_TASTE, [], set(), ())
-
-
-@dataclass(frozen=True)
-class _Scored:
-    """A candidate from either search, with its cosine similarity to the query and to the taste vector."""
-
-    item: CatalogItem
-    visual: float
-    taste: float
+_ANONYMOUS = _Shopper(NO_TASTE, [], [], [], set(), ())
 
 
 class Pipeline:
@@ -120,6 +127,13 @@ class Pipeline:
         switched._weights = weights
         return switched
 
+    def searching_around_the_query_only(self) -> "Pipeline":
+        """This pipeline without the searches around the shopper's recent views (RANK_SEARCH_VIEWS 0): what they add
+        is measured against it."""
+        switched = copy.copy(self)
+        switched._settings = self._settings.model_copy(update={"rank_search_views": 0})
+        return switched
+
     def _item_cache(self) -> ItemCache:
         return ItemCache(self._settings.item_cache_size, self._settings.item_cache_ttl_s)
 
@@ -136,45 +150,69 @@ class Pipeline:
                 raise DeadlineExceeded(f"recommendation did not finish within its deadline of {budget:.3f} s") from None
 
     async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
+        inputs = await self._ranking_inputs(query, self._pool(limit))
+        with self._metrics.stage("rerank"):
+            ranked = rerank(inputs.candidates, inputs.taste, self._weights, limit)
+        items = [Recommended(r.product_id, r.category, dict(inputs.attributes[r.product_id]), r.score, r.visual_score,
+                             r.history_score, r.category_score, r.popularity_score, r.dismissal_score, r.reasons)
+                 for r in ranked]
+        for stage in inputs.degraded:
+            self._metrics.degraded.labels(stage).inc()
+        return Recommendations(items, str(self.embedder.info), inputs.degraded)
+
+    async def ranking_inputs(self, query: RecommendQuery) -> RankingInputs:
+        """The candidates and taste `recommend` ranks for a query, to rank them offline under other weights (the
+        evaluation's tuning); popularity is read when this pipeline's popularity weight is not 0."""
+        limit = self._limit(query.limit)
+        check_categories(query.categories)
+        return await self._ranking_inputs(query, self._pool(limit))
+
+    def _pool(self, limit: int) -> int:
+        """How many products the visual search returns for a list of `limit`."""
+        return max(limit * self._settings.oversample, self._settings.min_candidates)
+
+    async def _ranking_inputs(self, query: RecommendQuery, pool: int) -> RankingInputs:
         await self._check_categories_exist(query.categories)
-        pool = max(limit * self._settings.oversample, self._settings.min_candidates)
         queried_product = query.product_id if query.image is None else None
         queried = {check_id("product_id", queried_product)} if queried_product is not None else set()
+        history_only = query.image is None and query.product_id is None
         shopper_task: asyncio.Task[_Shopper] | None = None
 
         def start_shopper() -> None:
             nonlocal shopper_task
             if query.user_id:
-                shopper_task = asyncio.create_task(self._shopper(query.user_id, pool, query.categories, queried))
+                shopper_task = asyncio.create_task(
+                    self._shopper(query.user_id, pool, query.categories, queried, history_only))
         try:
             vector = await self._query_vector(query, start_shopper)
             shopper = await shopper_task if shopper_task else _ANONYMOUS
         finally:
             if shopper_task:
                 shopper_task.cancel()  # no effect once it is done
+        view_hits = shopper.hits
         if vector is None:
             if shopper.degraded:
                 raise Unavailable("history store (Redis) is unavailable, and the query has no image or product_id")
             if shopper.taste.vector is None:
                 raise InvalidArgument("nothing to recommend from: send an image or a product_id, "
                                       "or a user_id that has recorded views")
-            vector, visual_hits = shopper.taste.vector, shopper.hits
+            vector, visual_hits, view_hits = shopper.taste.vector, shopper.hits[0], shopper.hits[1:]
         else:
             visual_hits = await self._search(vector, pool, query.categories, queried | shopper.excluded)
-        candidate_ids = list(dict.fromkeys(hit.item.product_id for hit in [*visual_hits, *shopper.hits]))
-        scored, (popularity, popularity_degraded) = await asyncio.gather(
-            self._scored(vector, shopper, visual_hits), self._popularity(candidate_ids, bool(shopper.taste.viewed)))
-        degraded = shopper.degraded + popularity_degraded  # popularity is only read after the history was
-        with self._metrics.stage("rerank"):
-            candidates = [Candidate(s.item.product_id, s.item.category, s.visual, s.taste,
-                                    popularity[s.item.product_id]) for s in scored]
-            ranked = rerank(candidates, shopper.taste, self._weights, limit)
-        attributes = {s.item.product_id: s.item.attributes for s in scored}
-        items = [Recommended(r.product_id, r.category, dict(attributes[r.product_id]), r.score, r.visual_score,
-                             r.history_score, r.category_score, r.popularity_score) for r in ranked]
-        for stage in degraded:
-            self._metrics.degraded.labels(stage).inc()
-        return Recommendations(items, str(self.embedder.info), degraded)
+        items = {hit.item.product_id: hit.item for hits in [visual_hits, *view_hits] for hit in hits}
+        (visual, to_views, to_dismissed), (popularity, popularity_degraded) = await asyncio.gather(
+            self._similarities_to(vector, visual_hits, shopper, list(items)),
+            self._popularity(list(items), bool(shopper.taste.viewed)))
+        candidates = []
+        for product_id, item in items.items():
+            view_similarities = tuple(answer[product_id] for answer in to_views if product_id in answer)
+            if product_id not in visual or len(view_similarities) != len(to_views):
+                continue  # deleted between the searches
+            dismissal = max((answer.get(product_id, -1.0) for answer in to_dismissed), default=-1.0)
+            candidates.append(Candidate(product_id, item.category, visual[product_id], view_similarities,
+                                        item.neighbour_similarity, dismissal, popularity[product_id]))
+        attributes = {product_id: item.attributes for product_id, item in items.items()}
+        return RankingInputs(candidates, shopper.taste, attributes, shopper.degraded + popularity_degraded)
 
     def _limit(self, requested: int) -> int:
         if requested == 0:
@@ -237,18 +275,29 @@ class Pipeline:
                 log.warning("history skipped: %s", error or "timed out")
                 return ShopperRecord([], []), ("history",)
 
-    async def _shopper(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str]) -> _Shopper:
-        """The shopper's recent views, their taste and the taste vector's nearest products (read while the query
-        image is embedded). Dismissed products are always left out; viewed ones with RANK_EXCLUDE_VIEWED."""
+    async def _shopper(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str],
+                       history_only: bool) -> _Shopper:
+        """The shopper's taste and the searches around their recent views (read while the query image is
+        embedded): RANK_SEARCH_VIEWS of the most recent views other than the queried product, RANK_VIEW_POOL
+        products each, in one engine batch; for a history-only query, first a search around the taste vector.
+        Dismissed products are always left out; viewed ones with RANK_EXCLUDE_VIEWED."""
         record, degraded = await self._record(user_id)
         viewed_ids = list(dict.fromkeys(view.product_id for view in record.views))
-        taste = taste_of(await self._history_items(viewed_ids), self._weights)
-        excluded = {dismissal.product_id for dismissal in record.dismissals}
+        dismissed_ids = list(dict.fromkeys(dismissal.product_id for dismissal in record.dismissals))
+        history, dismissed = await asyncio.gather(self._history_items(viewed_ids), self._history_items(dismissed_ids))
+        taste = taste_of(history, self._weights.half_life_views)
+        view_vectors = {item.product_id: item.vector for item in history}
+        excluded = set(dismissed_ids)
         if self._weights.exclude_viewed:
             excluded.update(viewed_ids)
-        vector = taste.vector
-        hits = await self._search(vector, pool, categories, queried | excluded) if vector is not None else []
-        return _Shopper(taste, hits, excluded, degraded)
+        searched = [view_vectors[view.product_id] for view in taste.views
+                    if view.product_id not in queried][:self._settings.rank_search_views]
+        hits = []
+        if history_only and taste.vector is not None:
+            hits = await self._search_batch([taste.vector], pool, categories, queried | excluded)
+        hits += await self._search_batch(searched, self._settings.rank_view_pool, categories, queried | excluded)
+        return _Shopper(taste, [view_vectors[view.product_id] for view in taste.views],
+                        [item.vector for item in dismissed], hits, excluded, degraded)
 
     async def _popularity(self, product_ids: Sequence[str], history_aware: bool
                           ) -> tuple[dict[str, float], tuple[str, ...]]:
@@ -279,39 +328,35 @@ class Pipeline:
         return [HistoryItem(pid, found[pid].category, found[pid].vector, position)
                 for position, pid in enumerate(viewed_ids) if pid in found]
 
-    async def _scored(self, query: np.ndarray, shopper: _Shopper, visual_hits: list[Neighbour]) -> list[_Scored]:
-        """The candidates of the visual search and (with a taste vector) of the taste search, each with its
-        similarity to the query and to the taste vector.
-
-        A search scores its own hits; the catalog scores the other search's hits against the other vector,
-        reading no vectors. Products deleted between the searches are left out.
-        """
-        taste_vector = shopper.taste.vector
-        if taste_vector is None:
-            return [_Scored(hit.item, hit.score, 0.0) for hit in visual_hits]
-        by_id = {hit.item.product_id: hit for hit in visual_hits}
-        taste_by_id = {hit.item.product_id: hit for hit in shopper.hits}
-        visual_only = [product_id for product_id in by_id if product_id not in taste_by_id]
-        taste_only = [product_id for product_id in taste_by_id if product_id not in by_id]
-        to_taste, to_query = await self._similarities([(taste_vector, visual_only), (query, taste_only)])
-        scored = [_Scored(hit.item, hit.score, taste_by_id[pid].score if pid in taste_by_id else to_taste[pid])
-                  for pid, hit in by_id.items() if pid in taste_by_id or pid in to_taste]
-        scored += [_Scored(taste_by_id[pid].item, to_query[pid], taste_by_id[pid].score)
-                   for pid in taste_only if pid in to_query]
-        return scored
-
-    async def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
-        if not any(product_ids for _, product_ids in queries):
-            return [{} for _ in queries]
+    async def _similarities_to(self, query: np.ndarray, visual_hits: list[Neighbour], shopper: _Shopper,
+                               product_ids: list[str]
+                               ) -> tuple[dict[str, float], list[dict[str, float]], list[dict[str, float]]]:
+        """Each candidate's similarity to the query (the visual search scored its own hits), and to each of the
+        shopper's views and dismissed products, by id; one engine batch, reading no vectors. Products deleted
+        since the searches are missing."""
+        visual = {hit.item.product_id: hit.score for hit in visual_hits}
+        unscored = [product_id for product_id in product_ids if product_id not in visual]
+        queries = [(query, unscored)] + [(vector, product_ids)
+                                         for vector in [*shopper.view_vectors, *shopper.dismissed_vectors]]
+        if len(queries) == 1 and not unscored:
+            return visual, [], []
         with self._metrics.stage("search"):
-            return await self._within("catalog similarity", self._settings.search_timeout_s,
-                                      self.catalog.similarities(queries))
+            answers = await self._within("catalog similarity", self._settings.search_timeout_s,
+                                         self.catalog.similarities(queries))
+        views = len(shopper.view_vectors)
+        return visual | answers[0], answers[1:1 + views], answers[1 + views:]
 
     async def _search(self, vector: np.ndarray, limit: int, categories: Sequence[str],
                       exclude: set[str]) -> list[Neighbour]:
+        return (await self._search_batch([vector], limit, categories, exclude))[0]
+
+    async def _search_batch(self, vectors: Sequence[np.ndarray], limit: int, categories: Sequence[str],
+                            exclude: set[str]) -> list[list[Neighbour]]:
+        if not vectors:
+            return []
         with self._metrics.stage("search"):
             return await self._within("catalog search", self._settings.search_timeout_s,
-                                      self.catalog.search(vector, limit, categories, sorted(exclude)))
+                                      self.catalog.search_batch(vectors, limit, categories, sorted(exclude)))
 
     @staticmethod
     async def _within(what: str, timeout_s: float, work: Awaitable[T]) -> T:

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from ranker import ReasonKind
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
@@ -39,7 +40,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             items=[pb.Recommendation(product_id=item.product_id, category=item.category, score=item.score,
                                      visual_score=item.visual_score, history_score=item.history_score,
                                      category_score=item.category_score, popularity_score=item.popularity_score,
-                                     attributes=item.attributes)
+                                     dismissal_score=item.dismissal_score, attributes=item.attributes,
+                                     reasons=[pb.Reason(kind=REASON_KIND_OF[reason.kind],
+                                                        contribution=reason.contribution,
+                                                        product_id=reason.product_id)
+                                              for reason in item.reasons])
                    for item in result.items],
             model=result.model,
             degraded=list(result.degraded),
@@ -70,6 +75,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.ForgetUserResponse()
 
 
+REASON_KIND_OF = {ReasonKind.VISUALLY_SIMILAR: pb.REASON_KIND_VISUALLY_SIMILAR,
+                  ReasonKind.SIMILAR_TO_VIEWED: pb.REASON_KIND_SIMILAR_TO_VIEWED,
+                  ReasonKind.VIEWED_CATEGORY: pb.REASON_KIND_VIEWED_CATEGORY,
+                  ReasonKind.POPULAR: pb.REASON_KIND_POPULAR}
 FEEDBACK_OF = {pb.FEEDBACK_KIND_VIEW: Feedback.VIEW, pb.FEEDBACK_KIND_DISMISS: Feedback.DISMISS,
                pb.FEEDBACK_KIND_PURCHASE: Feedback.PURCHASE}
 

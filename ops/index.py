@@ -16,7 +16,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from catalog_sources import products as sources
-from gateway.catalog import CatalogStore
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.indexer import Indexer, IndexReport, NewProduct
@@ -48,9 +47,12 @@ async def ingest(indexer: Indexer, source: Source, batch_size: int, skip_existin
     """Indexes a source's products in batches with a progress bar; bad rows are reported, never fatal."""
     total, products = source
     report = IndexReport()
+    product_ids: list[str] = []
     with tqdm(total=total, unit="img", desc="indexing") as progress:
         for batch, unreadable in batched(products, batch_size):
-            done = await indexer.index(batch, skip_existing=skip_existing) if batch else IndexReport()
+            product_ids.extend(product.product_id for product in batch)
+            done = (await indexer.index(batch, skip_existing=skip_existing, neighbourhoods=False) if batch
+                    else IndexReport())
             done.rejected.extend((row.product_id, row.reason) for row in unreadable)
             report.add(done)
             progress.update(len(batch) + len(unreadable))
@@ -58,18 +60,14 @@ async def ingest(indexer: Indexer, source: Source, batch_size: int, skip_existin
         log.warning("skipped %s: %s", product_id, reason)
     log.info("indexed: %d stored, %d already present, %d skipped", report.stored, report.skipped,
              len(report.rejected))
+    await indexer.finish(product_ids)
+    log.info("search index built and neighbour similarities set")
     return report
 
 
 async def index_fashion_mnist(indexer: Indexer, size: int, batch_size: int) -> None:
     """Indexes the first `size` Fashion-MNIST training images (resumes where an earlier run stopped)."""
     await ingest(indexer, sources.fashion_mnist("train", limit=size), batch_size)
-
-
-async def build_index(catalog: CatalogStore) -> None:
-    """Builds the catalog's search index after bulk ingestion."""
-    if await catalog.optimize():
-        log.info("catalog index optimised")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, default_limit: int | None = None) -> None:
@@ -107,7 +105,6 @@ async def run_index(settings: Settings, source: Source, batch_size: int, force: 
             if collection is None:
                 await aliases.point(settings.collection, built.catalog.collection)
             report = await ingest(built.indexer, source, batch_size, skip_existing=not force)
-            await build_index(built.catalog)
     finally:
         await aliases.close()
     return report

@@ -21,7 +21,7 @@ from gateway.catalog.aliases import CatalogAliases, versioned_collection
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import ModelInfo
-from ops.index import Source, add_source_arguments, build_index, check_source_arguments, ingest, read_source
+from ops.index import Source, add_source_arguments, check_source_arguments, ingest, read_source
 from stack.local import local_triton
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ async def build_collection(settings: Settings, version: str, source: Source, bat
     async with Components(settings).building(version, recreate=recreate) as built:
         log.info("building collection '%s' with %s", built.catalog.collection, built.embedder.info)
         await ingest(built.indexer, source, batch_size)
-        await build_index(built.catalog)
         return built.catalog.collection, built.embedder.info, await built.catalog.count()
 
 

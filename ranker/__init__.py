@@ -1,5 +1,18 @@
-"""History-aware re-ranking: numbers in, ordered products with their score parts out (numpy only)."""
+"""History-aware re-ranking: numbers in, ordered products with their score parts and reasons out (numpy only)."""
 
-from ranker.ranking import NO_TASTE, Candidate, HistoryItem, Ranked, Taste, Weights, rerank, taste_of
+from ranker.ranking import (
+    NO_TASTE,
+    Candidate,
+    HistoryItem,
+    Ranked,
+    Reason,
+    ReasonKind,
+    Taste,
+    View,
+    Weights,
+    rerank,
+    taste_of,
+)
 
-__all__ = ["NO_TASTE", "Candidate", "HistoryItem", "Ranked", "Taste", "Weights", "rerank", "taste_of"]
+__all__ = ["NO_TASTE", "Candidate", "HistoryItem", "Ranked", "Reason", "ReasonKind", "Taste", "View", "Weights",
+           "rerank", "taste_of"]

@@ -1,43 +1,60 @@
 """History-aware re-ranking of visually similar candidates: a pure, deterministic function.
 
-Each candidate gets four score parts:
+Each candidate gets five score parts:
 
-- ``visual_score``: its similarity to the query, as given by the caller (the vector search);
-- ``history_score``: the recency-weighted mean cosine similarity between its vector and the vectors of
-  the shopper's recent views (-1..1). That mean is ``|m| * cos(candidate, m)`` for the recency-weighted
-  mean ``m`` of the unit view vectors, so the caller gives each candidate's cosine similarity to
-  ``m``'s direction, :attr:`Taste.vector` (``taste_similarity``; a vector search scores it) and candidate
-  vectors are never needed;
+- ``visual_score``: its cosine similarity to the query, as given by the caller (the vector search);
+- ``history_score``: how much closer it is to the shopper's recent views than to its own catalog neighbours.
+  With ``s_j`` its cosine similarity to view ``j`` and ``w_j`` the view's recency weight, the affinity is the
+  recency-weighted soft maximum ``1 + t * log(sum_j w_j * exp((s_j - 1) / t))`` with temperature ``t``
+  (``history_temperature``): near ``max_j s_j`` for a small ``t``, the recency-weighted mean of the ``s_j`` for
+  a large one. A shopper of several styles keeps them apart instead of being averaged into one direction. The
+  history score is that affinity minus the candidate's ``neighbour_similarity`` (the mean cosine similarity to
+  its nearest catalog neighbours; local scaling, as CSLS does), so that a product close to everything (a hub)
+  gains nothing for being close to the views too. 0 without views;
 - ``category_score``: the recency-weighted share of recent views in its category (0..1);
 - ``popularity_score``: how much all shoppers viewed it, as given by the caller (0..1);
+- ``dismissal_score``: how near a duplicate of a product the shopper dismissed it is: 0 below the cosine
+  similarity ``near_duplicate``, rising linearly to 1 at similarity 1;
 
 and ``score = visual * visual_score + history * history_score + category * category_score
-+ popularity * popularity_score`` with the weights of :class:`Weights`. The view at position ``p``
-(0 = most recent) has the recency weight ``0.5 ** (p / half_life_views)``; the weights of a history are
-normalised to sum 1. With an empty history both history parts are 0; with popularity 0 as well the order
-is the visual order. :func:`taste_of` summarises a history once; :func:`rerank` ranks with that summary.
++ popularity * popularity_score - dismissed * dismissal_score`` with the weights of :class:`Weights`. The view at
+position ``p`` (0 = most recent) has the recency weight ``0.5 ** (p / half_life_views)``; the weights of a
+history are normalised to sum 1. With an empty history the history and category parts are 0; with popularity 0
+as well the order is the visual order. Each ranked product carries its :class:`Reason` codes.
 """
 
+import enum
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 # Below this length the recency-weighted mean of unit vectors is rounding noise: the views cancel out.
 _MIN_MEAN_LENGTH = 1e-9
+# A weighted score part counts as a reason for an item from this contribution to its score.
+REASON_MIN_CONTRIBUTION = 0.05
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A product to rank: its id, category, cosine similarity to the query, cosine similarity to the
-    shopper's taste vector (:attr:`Taste.vector`; 0 without one), and popularity (0..1)."""
+    """A product to rank.
+
+    Attributes:
+        visual_score: cosine similarity to the query.
+        view_similarities: cosine similarity to each view of :attr:`Taste.views`, in that order (empty without).
+        neighbour_similarity: mean cosine similarity to its nearest catalog neighbours (0 when unknown).
+        dismissal_similarity: highest cosine similarity to a product the shopper dismissed (-1 without).
+        popularity: how much all shoppers viewed it (0..1).
+    """
 
     product_id: str
     category: str
     visual_score: float
-    taste_similarity: float = 0.0
+    view_similarities: Sequence[float] = ()
+    neighbour_similarity: float = 0.0
+    dismissal_similarity: float = -1.0
     popularity: float = 0.0
 
 
@@ -52,42 +69,60 @@ class HistoryItem:
 
 
 @dataclass(frozen=True)
+class View:
+    """A recent view as ranking uses it: the product, its category and its position (0 = most recent)."""
+
+    product_id: str
+    category: str
+    position: int
+
+
+@dataclass(frozen=True)
 class Weights:
-    """How much each score part counts, and how fast the influence of a view fades.
+    """How much each score part counts, how fast the influence of a view fades, and how views combine.
 
     Attributes:
         visual: weight of the similarity to the query (default 1.0). The photo the shopper asked about is
             the main signal; the other weights are relative to this one.
-        history: weight of the similarity to recent views (default 0.5). Half the visual weight lets a
-            coherent history reorder candidates of similar visual score without burying a clearly better
-            visual match.
+        history: weight of the history score (default 1.0, what the evaluation's validation shoppers chose for model
+            version 1; version 2 chose 2, docs/model-and-quality.md). A product 0.1 closer to the views than to its
+            own neighbours moves up as much as a 0.1 higher visual similarity.
         category: weight of the share of recent views in the candidate's category (default 0.25). A
-            history all in one category adds at most 0.25: enough to lift that category over slightly
-            closer matches from elsewhere, not enough to hide a strong match in another category.
-        popularity: weight of the product's popularity among all shoppers (default 0.2). A crowd signal
-            that breaks near-ties among similar candidates in favour of what shoppers look at more; at
-            0.2 the most viewed product gains as much as a 0.2 higher visual similarity.
-        half_life_views: number of views after which a view counts half as much (default 5.0). The view
-            5 back weighs 1/2 of the latest one and the view 20 back 1/16, so the last few views of a
-            session dominate while an older interest still shows.
-        exclude_viewed: leave out candidates the shopper has already viewed (default True): showing the
-            product just seen wastes a slot.
+            history all in one category adds at most 0.25.
+        popularity: weight of the product's popularity among all shoppers (default 0.2): the most viewed
+            product gains as much as a 0.2 higher visual similarity.
+        dismissed: weight of the dismissal score (default 1.0): an exact duplicate of a dismissed product loses
+            as much as a visual similarity of 1.
+        half_life_views: number of views after which a view counts half as much (default 5.0).
+        history_temperature: temperature of the soft maximum over the views (default 0.2, chosen on the validation
+            shoppers for both model versions): views whose similarities differ by much more than it count as the
+            best one alone.
+        near_duplicate: cosine similarity from which a product counts as a near duplicate of a dismissed one
+            (default 0.9, about the 90th percentile of nearest-neighbour similarity in the demo catalog).
+        exclude_viewed: leave out candidates the shopper has already viewed (default True).
     """
 
     visual: float = 1.0
-    history: float = 0.5
+    history: float = 1.0
     category: float = 0.25
     popularity: float = 0.2
+    dismissed: float = 1.0
     half_life_views: float = 5.0
+    history_temperature: float = 0.2
+    near_duplicate: float = 0.9
     exclude_viewed: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("visual", "history", "category", "popularity"):
+        for name in ("visual", "history", "category", "popularity", "dismissed"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"weight {name} must be a finite number >= 0, got {value!r}")
-        if not (math.isfinite(self.half_life_views) and self.half_life_views > 0):
-            raise ValueError(f"half_life_views must be a finite number > 0, got {self.half_life_views!r}")
+        for name in ("half_life_views", "history_temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not -1.0 <= self.near_duplicate < 1.0:
+            raise ValueError(f"near_duplicate must be in -1..1 (1 excluded), got {self.near_duplicate!r}")
 
 
 @dataclass(frozen=True)
@@ -95,26 +130,43 @@ class Taste:
     """A shopper's recent views as ranking uses them, from :func:`taste_of`.
 
     Attributes:
-        vector: the recency-weighted mean ``m`` of the unit view vectors, L2-normalised; None without views or
-            when they cancel out. It is the query of the taste search and of history-only recommendations.
-        strength: ``|m|`` (0..1): a candidate's mean cosine similarity to the views is
-            ``strength * cos(candidate, vector)``.
-        category_shares: the recency-weighted share of the views in each category viewed.
+        vector: the recency-weighted mean of the unit view vectors, L2-normalised; None without views or when they
+            cancel out. It is the query of history-only recommendations.
+        views: the distinct recent views, most recent first; candidates give their similarity to each.
         viewed: the viewed products' ids.
     """
 
     vector: np.ndarray | None
-    strength: float
-    category_shares: Mapping[str, float]
+    views: tuple[View, ...]
     viewed: frozenset[str]
 
 
-NO_TASTE = Taste(None, 0.0, {}, frozenset())
+NO_TASTE = Taste(None, (), frozenset())
+
+
+class ReasonKind(enum.Enum):
+    """Why a product is in the list."""
+
+    VISUALLY_SIMILAR = "visually_similar"
+    SIMILAR_TO_VIEWED = "similar_to_viewed"
+    VIEWED_CATEGORY = "viewed_category"
+    POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason, with its weighted contribution to the score; ``product_id`` is the viewed product behind a
+    SIMILAR_TO_VIEWED reason (empty otherwise)."""
+
+    kind: ReasonKind
+    contribution: float
+    product_id: str = ""
 
 
 @dataclass(frozen=True)
 class Ranked:
-    """A ranked product with its total score and the parts it is made of (before weighting)."""
+    """A ranked product with its total score, the parts it is made of (before weighting) and its reasons, the
+    largest contribution first."""
 
     product_id: str
     category: str
@@ -123,33 +175,46 @@ class Ranked:
     history_score: float
     category_score: float
     popularity_score: float
+    dismissal_score: float
+    reasons: tuple[Reason, ...]
 
 
 def rerank(candidates: Sequence[Candidate], taste: Taste = NO_TASTE, weights: Weights = Weights(),
            limit: int | None = None) -> list[Ranked]:
     """Candidates ordered by score desc, then visual score desc, then product id asc; at most ``limit``.
 
-    ``taste`` is :func:`taste_of` the shopper's history under the same weights. Raises ValueError for a negative
-    limit, duplicate candidate ids, a non-finite visual score or taste similarity, or a popularity outside 0..1.
+    Raises ValueError for a negative limit, duplicate candidate ids, non-finite similarities, view similarities
+    that do not match ``taste.views``, or a popularity outside 0..1.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    _validate(candidates)
-    kept = [c for c in candidates if c.product_id not in taste.viewed] if weights.exclude_viewed else candidates
-    history_scores = [taste.strength * float(c.taste_similarity) for c in kept]
-    category_scores = [taste.category_shares.get(c.category, 0.0) for c in kept]
-    scores = [float(weights.visual * c.visual_score + weights.history * history_score
-                    + weights.category * category_score + weights.popularity * c.popularity)
-              for c, history_score, category_score in zip(kept, history_scores, category_scores, strict=True)]
+    _validate(candidates, len(taste.views))
+    kept = [c for c in candidates if c.product_id not in taste.viewed] if weights.exclude_viewed else list(candidates)
+    recency = _recency_weights([view.position for view in taste.views], weights.half_life_views)
+    shares: dict[str, float] = {}
+    for view, weight in zip(taste.views, recency, strict=True):
+        shares[view.category] = shares.get(view.category, 0.0) + float(weight)
+    history_scores, closest_views = _history_scores(kept, recency, weights.history_temperature)
+    parts = [(c.visual_score, history_score, shares.get(c.category, 0.0), c.popularity,
+              _dismissal_score(c.dismissal_similarity, weights.near_duplicate))
+             for c, history_score in zip(kept, history_scores, strict=True)]
+    scores = [weights.visual * visual + weights.history * history + weights.category * category
+              + weights.popularity * popularity - weights.dismissed * dismissal
+              for visual, history, category, popularity, dismissal in parts]
     order = sorted(range(len(kept)), key=lambda i: (-scores[i], -kept[i].visual_score, kept[i].product_id))
-    return [Ranked(product_id=kept[i].product_id, category=kept[i].category, score=scores[i],
-                   visual_score=float(kept[i].visual_score), history_score=history_scores[i],
-                   category_score=category_scores[i], popularity_score=float(kept[i].popularity))
-            for i in order[:limit]]  # only the returned candidates become Ranked: most of a pool is cut
+    ranked = []
+    for i in order[:limit]:  # only the returned candidates become Ranked: most of a pool is cut
+        visual, history, category, popularity, dismissal = parts[i]
+        closest = taste.views[closest_views[i]].product_id if taste.views else ""
+        reasons = _reasons(weights, visual, history, category, popularity, closest)
+        ranked.append(Ranked(kept[i].product_id, kept[i].category, scores[i], visual, history, category, popularity,
+                             dismissal, reasons))
+    return ranked
 
 
-def taste_of(history: Sequence[HistoryItem], weights: Weights = Weights()) -> Taste:
-    """The history's :class:`Taste`: checked and converted once, for the taste search and the re-rank.
+def taste_of(history: Sequence[HistoryItem], half_life_views: float = Weights.half_life_views) -> Taste:
+    """The history's :class:`Taste`: its distinct views (the most recent position of each) and their
+    recency-weighted mean direction.
 
     Raises ValueError for a negative history position, or history vectors that are not 1-D, finite and all of
     the same length.
@@ -160,49 +225,81 @@ def taste_of(history: Sequence[HistoryItem], weights: Weights = Weights()) -> Ta
     history_matrix = _history_matrix(history)
     if not history:
         return NO_TASTE
-    recency = _recency_weights(history, weights)
-    mean = _mean_direction(history_matrix, recency)
+    mean = _mean_direction(history_matrix, _recency_weights([item.position for item in history], half_life_views))
     strength = float(np.linalg.norm(mean))
-    category_shares: dict[str, float] = {}
-    for item, weight in zip(history, recency, strict=True):
-        category_shares[item.category] = category_shares.get(item.category, 0.0) + float(weight)
-    vector = mean / strength if strength > _MIN_MEAN_LENGTH else None
-    return Taste(vector, strength, category_shares, frozenset(item.product_id for item in history))
+    latest: dict[str, HistoryItem] = {}
+    for item in sorted(history, key=lambda item: item.position):
+        latest.setdefault(item.product_id, item)
+    views = tuple(View(item.product_id, item.category, item.position) for item in latest.values())
+    return Taste(mean / strength if strength > _MIN_MEAN_LENGTH else None, views, frozenset(latest))
+
+
+def _history_scores(candidates: Sequence[Candidate], recency: np.ndarray, temperature: float
+                    ) -> tuple[list[float], list[int]]:
+    """Per candidate its history score and the index of the view that contributes most to it (0 without views)."""
+    if not len(recency) or not candidates:
+        return [0.0] * len(candidates), [0] * len(candidates)
+    similarities = np.array([c.view_similarities for c in candidates], dtype=np.float64)  # [candidates, views]
+    terms = np.log(recency)[np.newaxis, :] + (similarities - 1.0) / temperature
+    top = terms.max(axis=1)
+    affinity = 1.0 + temperature * (top + np.log(np.exp(terms - top[:, np.newaxis]).sum(axis=1)))
+    neighbours = np.array([c.neighbour_similarity for c in candidates], dtype=np.float64)
+    return (affinity - neighbours).tolist(), terms.argmax(axis=1).tolist()
+
+
+def _dismissal_score(similarity: float, near_duplicate: float) -> float:
+    """0 below ``near_duplicate``, rising linearly to 1 at similarity 1."""
+    return max(0.0, (similarity - near_duplicate) / (1.0 - near_duplicate))
+
+
+def _reasons(weights: Weights, visual: float, history: float, category: float, popularity: float,
+             closest_view: str) -> tuple[Reason, ...]:
+    """The weighted parts of at least REASON_MIN_CONTRIBUTION, largest first; the visual similarity always."""
+    reasons = [Reason(ReasonKind.VISUALLY_SIMILAR, weights.visual * visual)]
+    for kind, contribution, product_id in (
+            (ReasonKind.SIMILAR_TO_VIEWED, weights.history * history, closest_view),
+            (ReasonKind.VIEWED_CATEGORY, weights.category * category, ""),
+            (ReasonKind.POPULAR, weights.popularity * popularity, "")):
+        if contribution >= REASON_MIN_CONTRIBUTION:
+            reasons.append(Reason(kind, contribution, product_id))
+    return tuple(sorted(reasons, key=lambda reason: -reason.contribution))
 
 
 def _mean_direction(history_matrix: np.ndarray, recency: np.ndarray) -> np.ndarray:
     """Recency-weighted mean of the history vectors (rows) scaled to unit length (not normalised); each row's
     weight is divided by its length rather than the rows scaled, which would copy the matrix."""
     lengths = np.sqrt(np.einsum("ij,ij->i", history_matrix, history_matrix))
-    return _divide_by_length(recency, lengths) @ history_matrix
+    return np.divide(recency, lengths, out=np.zeros_like(recency), where=lengths > 0) @ history_matrix
 
 
-def _recency_weights(history: Sequence[HistoryItem], weights: Weights) -> np.ndarray:
+def _recency_weights(positions: Sequence[int], half_life_views: float) -> np.ndarray:
     """``0.5 ** (position / half_life_views)`` per view, normalised to sum 1.
 
     Positions are counted from the most recent view given, which leaves the normalised weights unchanged
     and keeps the largest weight at 1 however old the history is.
     """
-    positions = np.array([item.position for item in history], dtype=np.float64)
-    recency = np.exp2(-(positions - positions.min()) / weights.half_life_views)
+    if not positions:
+        return np.empty(0)
+    offsets = np.array(positions, dtype=np.float64)
+    recency = np.exp2(-(offsets - offsets.min()) / half_life_views)
     return recency / recency.sum()
 
 
-def _divide_by_length(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``values / lengths``, and 0 where a length is 0: a zero vector has no direction."""
-    return np.divide(values, lengths, out=np.zeros_like(values), where=lengths > 0)
-
-
-def _validate(candidates: Sequence[Candidate]) -> None:
-    """Unique candidate ids, finite similarities, popularity in 0..1."""
+def _validate(candidates: Sequence[Candidate], views: int) -> None:
+    """Unique candidate ids, finite similarities, one similarity per view, popularity in 0..1."""
     repeated = sorted(product_id for product_id, count in Counter(c.product_id for c in candidates).items()
                       if count > 1)
     if repeated:
         raise ValueError(f"candidate product ids must be unique, repeated: {', '.join(repeated)}")
     for c in candidates:
-        for name in ("visual_score", "taste_similarity"):
+        for name in ("visual_score", "neighbour_similarity", "dismissal_similarity"):
             if not math.isfinite(getattr(c, name)):
                 raise ValueError(f"candidate {c.product_id}: {name} must be finite, got {getattr(c, name)!r}")
+        if len(c.view_similarities) != views:
+            raise ValueError(f"candidate {c.product_id}: {len(c.view_similarities)} view similarities for "
+                             f"{views} views")
+        if not all(math.isfinite(similarity) for similarity in c.view_similarities):
+            raise ValueError(f"candidate {c.product_id}: view similarities must be finite")
         if not 0.0 <= c.popularity <= 1.0:
             raise ValueError(f"candidate {c.product_id}: popularity must be in 0..1, got {c.popularity!r}")
 

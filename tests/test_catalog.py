@@ -3,11 +3,13 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from qdrant_client import AsyncQdrantClient, models
 
 from gateway.catalog import CatalogStore, EdgeCatalog, QdrantClientCatalog
@@ -15,6 +17,9 @@ from gateway.catalog.edge import MODEL_FILE
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, ModelInfo, Unavailable
+from gateway.images import ImageLimits
+from gateway.indexer import NEIGHBOURS, Indexer
+from gateway.metrics import Metrics
 from stack.net import free_port
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
@@ -395,3 +400,43 @@ async def test_a_qdrant_url_that_never_answers_times_out_as_unavailable(tmp_path
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_batch_search_answers_each_query_as_a_search_under_the_same_filter(loaded: CatalogStore) -> None:
+    excluded = [ITEMS[0].product_id, ITEMS[7].product_id]
+    batch = await loaded.search_batch(QUERIES[:3], 8, categories=("bags", "boots"), exclude_ids=excluded)
+    assert len(batch) == 3
+    for query, hits in zip(QUERIES[:3], batch, strict=True):
+        assert_same_ranking([(hit.item.product_id, hit.score) for hit in hits],
+                            exact_ranking(ITEMS, query, 8, ("bags", "boots"), excluded))
+    assert await loaded.search_batch([], 8) == []
+
+
+async def test_neighbour_similarities_are_set_read_back_and_skip_unknown_products(store: CatalogStore) -> None:
+    indexer = Indexer(EmbedderNotUsed(), store, ThreadPoolExecutor(1), ImageLimits(), Metrics(CollectorRegistry()))
+    ids = [item.product_id for item in ITEMS[:20]]
+    await indexer.set_neighbourhoods([*ids, "sku-never-added"])
+    stored = await store.retrieve(ids)
+    for product_id in ids:
+        others = [item for item in ITEMS if item.product_id != product_id]
+        expected = np.mean([score for _, score in exact_ranking(others, stored[product_id].vector, NEIGHBOURS)])
+        assert stored[product_id].neighbour_similarity == pytest.approx(expected, abs=1e-5)
+    [hit] = await store.search(ITEMS[0].vector, 1)
+    assert hit.item.neighbour_similarity == stored[ITEMS[0].product_id].neighbour_similarity
+    assert (await store.retrieve([ITEMS[30].product_id]))[ITEMS[30].product_id].neighbour_similarity == 0.0
+    assert await store.retrieve(["sku-never-added"]) == {}
+
+
+class EmbedderNotUsed:
+    """Setting neighbour similarities reads the catalog only."""
+
+    info = MODEL
+
+    async def embed(self, images: np.ndarray, timeout_s: float) -> np.ndarray:
+        raise AssertionError("not used")
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass

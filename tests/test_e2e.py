@@ -118,7 +118,10 @@ async def test_views_of_one_category_move_it_up_for_that_user_only(recommender, 
     assert bag_share(after) > bag_share(before)
     assert bag_share(other) == bag_share(before)
     assert not {item.product_id for item in after.items} & set(bags), "viewed items are excluded"
-    assert any(item.history_score > 0 for item in after.items)
+    history_scores = {category: [item.history_score for item in after.items if (item.category == "Bag") == category]
+                      for category in (True, False)}
+    assert min(history_scores[True]) > max(history_scores[False]), "bags are closer to the views than the rest"
+    assert {item.history_score for item in other.items} == {0.0}
 
 
 async def test_history_only_and_product_id_queries(recommender, catalog_ids_by_category):
@@ -167,7 +170,7 @@ async def test_category_filter_is_honoured(recommender, test_split):
     assert {item.category for item in response.items} <= {"Coat", "Shirt"}
 
 
-async def test_upsert_and_delete_are_visible_at_once(channel, recommender, test_split):
+async def test_upsert_and_delete_are_visible_at_once(stack, channel, recommender, test_split):
     catalog = pb_grpc.CatalogStub(channel)
     image = png(test_split.images[5])
     products = [pb.Product(product_id="new-1", image=image, category="Trouser", attributes={"brand": "acme"}),
@@ -182,6 +185,8 @@ async def test_upsert_and_delete_are_visible_at_once(channel, recommender, test_
     assert found.items[0].product_id == "new-1"
     assert found.items[0].visual_score == pytest.approx(1.0, abs=1e-4)
     assert dict(found.items[0].attributes) == {"brand": "acme"}
+    stored = await stack.gateway.pipeline.catalog.retrieve(["new-1", "new-2"], with_vectors=False)
+    assert all(0 < item.neighbour_similarity <= 1 for item in stored.values()), "set as they are stored"
     deleted = await catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["new-1", "new-2", "never"]),
                                            timeout=5)
     assert deleted.deleted == 2
@@ -272,6 +277,42 @@ async def test_a_dismissed_product_is_never_recommended_again_to_that_shopper(re
     assert [d.product_id for d in history.dismissals] == [dismissed] and not history.views
     await recommender.ForgetUser(pb.ForgetUserRequest(user_id="shopper-g"), timeout=5)
     assert dismissed in [item.product_id for item in (await recommend(recommender, user_id="shopper-g", **query)).items]
+
+
+async def test_near_duplicates_of_a_dismissed_product_move_down_for_that_shopper(recommender, test_split):
+    query = {"image": png(test_split.images[5]), "limit": 20}
+    before = (await recommend(recommender, user_id="shopper-m", **query)).items
+    dismissed = before[0].product_id
+    await recommender.RecordFeedback(pb.RecordFeedbackRequest(user_id="shopper-m", product_id=dismissed,
+                                                              kind=pb.FEEDBACK_KIND_DISMISS), timeout=5)
+    after = list((await recommend(recommender, user_id="shopper-m", **query)).items)
+    demoted = [item for item in after if item.dismissal_score > 0]
+    assert demoted, "the top results of one query include near duplicates of each other"
+    for item in demoted:
+        assert item.score == pytest.approx(item.visual_score - item.dismissal_score, abs=1e-5)
+    nearest = max(demoted, key=lambda item: item.dismissal_score)
+    visual_order = sorted(after, key=lambda item: -item.visual_score)
+    assert after.index(nearest) > visual_order.index(nearest), (nearest, "ranks below its visual place")
+    assert all(item.dismissal_score == 0 for item in before)
+
+
+async def test_every_item_says_why_it_is_there(recommender, catalog_ids_by_category):
+    viewed = catalog_ids_by_category["Sandal"][:3]
+    for product_id in viewed:
+        await recommender.RecordView(pb.RecordViewRequest(user_id="shopper-n", product_id=product_id), timeout=5)
+    anonymous = (await recommend(recommender, product_id=viewed[-1], limit=10)).items
+    assert all([reason.kind for reason in item.reasons] == [pb.REASON_KIND_VISUALLY_SIMILAR] for item in anonymous)
+    personal = (await recommend(recommender, product_id=viewed[-1], user_id="shopper-n", limit=10)).items
+    for item in personal:
+        contributions = [reason.contribution for reason in item.reasons]
+        assert contributions == sorted(contributions, reverse=True) and min(contributions[1:], default=1) >= 0.05
+        assert pb.REASON_KIND_VISUALLY_SIMILAR in [reason.kind for reason in item.reasons]
+        for reason in item.reasons:
+            if reason.kind == pb.REASON_KIND_SIMILAR_TO_VIEWED:
+                assert reason.product_id in viewed
+                assert reason.contribution == pytest.approx(item.history_score, abs=1e-5)
+    kinds = {reason.kind for item in personal for reason in item.reasons}
+    assert pb.REASON_KIND_VIEWED_CATEGORY in kinds, "three sandals viewed: the sandals say so"
 
 
 async def test_a_purchase_is_a_view_of_the_shopper(recommender):

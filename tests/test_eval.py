@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.__main__ import main as run_evaluation
-from evaluation.personalisation import METHODS
+from evaluation.personalisation import APPROACHES, METHODS
 from evaluation.run import QUICK
 from tests.model_versions import MODEL_NAME, two_version_repository
 
@@ -56,7 +56,12 @@ def test_personalisation_and_load_are_measured(report) -> None:
     for personalisation in numbers["personalisation"]:
         assert set(personalisation["test"]) == set(METHODS)
         assert personalisation["test_steps"] == QUICK.test_shoppers * QUICK.test_steps
-        assert len(personalisation["validation"]) == 60 + 4, "two tuning stages"
+        assert len(personalisation["validation"]) == 216 + 4, "two tuning stages"
+        assert set(personalisation["approaches"]) == set(APPROACHES)
+        assert personalisation["served_agreement"] == 1.0, "served lists are the offline ranking of the same inputs"
+        assert personalisation["reasons"]["visually_similar"] == 1.0, "every item gives the visual reason"
+        assert set(personalisation["reasons"]) == {"visually_similar", "similar_to_viewed", "viewed_category",
+                                                   "popular"}
         assert personalisation["own_views_weights"]["popularity"] == 0
         assert all(0 <= scores["ndcg"] <= scores["hit"] <= 1 for scores in personalisation["test"].values())
     baselines = [p["test"][method] for p in numbers["personalisation"] for method in ("most_viewed",

@@ -67,4 +67,5 @@ async def test_folder_ingestion_skips_bad_files_and_resumes_without_duplicates(p
     finally:
         await catalog.close()
     assert set(stored) == {"sku-0", "sku-3"}
+    assert all(0 < item.neighbour_similarity <= 1 for item in stored.values()), "set once the load is done"
     assert stored["sku-3"].attributes == {"brand": "brand-3"}

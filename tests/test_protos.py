@@ -47,11 +47,12 @@ def test_the_proto_names_its_packages_for_other_languages():
 
 def test_contract_names_that_clients_rely_on():
     services = recsys_pb2.DESCRIPTOR.services_by_name
-    assert set(services["Recommender"].methods_by_name) == {"Recommend", "RecordView", "GetHistory", "ForgetUser"}
+    assert set(services["Recommender"].methods_by_name) == {"Recommend", "RecordView", "RecordFeedback", "GetHistory",
+                                                            "ForgetUser"}
     assert set(services["Catalog"].methods_by_name) == {"UpsertProducts", "DeleteProducts", "GetProductImage"}
     assert services["Catalog"].methods_by_name["UpsertProducts"].client_streaming
     query = recsys_pb2.RecommendRequest.DESCRIPTOR.oneofs_by_name["query"]
     assert {field.name for field in query.fields} == {"image", "product_id"}
-    assert {"product_id", "category", "score", "visual_score", "history_score", "attributes"} <= set(
+    assert {"product_id", "category", "score", "visual_score", "history_score", "attributes", "reasons"} <= set(
         recsys_pb2.Recommendation.DESCRIPTOR.fields_by_name)
     assert callable(recsys_pb2_grpc.RecommenderStub) and callable(recsys_pb2_grpc.CatalogStub)

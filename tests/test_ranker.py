@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, Weights, rerank, taste_of
+from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, ReasonKind, Taste, Weights, rerank, taste_of
 
 CATEGORIES = ("bags", "dresses", "shoes")
 PRODUCT_IDS = tuple(f"p{index:02d}" for index in range(16))
@@ -27,7 +27,10 @@ class NumericWeights(TypedDict, total=False):
     history: float
     category: float
     popularity: float
+    dismissed: float
     half_life_views: float
+    history_temperature: float
+    near_duplicate: float
 
 
 def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
@@ -35,39 +38,33 @@ def vectors(dim: int) -> st.SearchStrategy[np.ndarray]:
     return st.lists(st.integers(-3, 3), min_size=dim, max_size=dim).map(lambda v: np.array(v, np.float32))
 
 
-def taste_similarity(vector: np.ndarray, history: list[HistoryItem], weights: Weights = DEFAULT_WEIGHTS) -> float:
-    """What a vector search gives the ranker: the cosine similarity to the history vector, 0 without one."""
-    taste = taste_of(history, weights).vector
-    return 0.0 if taste is None else cosine(vector, taste)
+def view_similarities(vector: np.ndarray, taste: Taste, history: list[HistoryItem]) -> tuple[float, ...]:
+    """What the catalog gives the ranker: the cosine similarity to each of the taste's views."""
+    by_id = {h.product_id: h.vector for h in history}
+    return tuple(cosine(vector, by_id[view.product_id]) for view in taste.views)
 
 
 @st.composite
 def scenarios(draw: st.DrawFn, min_history: int = 0) -> Scenario:
-    """Candidates with unique ids, a history whose ids may overlap theirs, and the candidates' vectors.
-
-    Each candidate's taste similarity is computed from its vector with the default weights; tests that
-    rank with other weights recompute it.
-    """
+    """Candidates with unique ids, a history of distinct products whose ids may overlap theirs, and the
+    candidates' vectors; each candidate has its similarities to the views."""
     dim = draw(st.integers(1, 5))
-    history = draw(st.lists(st.builds(HistoryItem, st.sampled_from(PRODUCT_IDS), st.sampled_from(CATEGORIES),
-                                      vectors(dim), st.integers(0, 30)), min_size=min_history, max_size=8))
+    viewed = draw(st.lists(st.sampled_from(PRODUCT_IDS), unique=True, min_size=min_history, max_size=8))
+    history = [HistoryItem(product_id, draw(st.sampled_from(CATEGORIES)), draw(vectors(dim)), draw(st.integers(0, 30)))
+               for product_id in viewed]
+    taste = taste_of(history)
     ids = draw(st.lists(st.sampled_from(PRODUCT_IDS), unique=True, max_size=10))
     vectors_by_id = {product_id: draw(vectors(dim)) for product_id in ids}
     candidates = [Candidate(product_id, draw(st.sampled_from(CATEGORIES)), draw(st.floats(-1, 1)),
-                            taste_similarity(vectors_by_id[product_id], history), draw(st.floats(0, 1)))
+                            view_similarities(vectors_by_id[product_id], taste, history), draw(st.floats(0, 1)),
+                            draw(st.floats(-1, 1)), draw(st.floats(0, 1)))
                   for product_id in ids]
     return candidates, history, vectors_by_id
 
 
-def with_weights(scenario: Scenario, weights: Weights) -> list[Candidate]:
-    """The scenario's candidates with taste similarities to the history vector under `weights`."""
-    candidates, history, vectors_by_id = scenario
-    return [replace(c, taste_similarity=taste_similarity(vectors_by_id[c.product_id], history, weights))
-            for c in candidates]
-
-
 weights_strategy = st.builds(Weights, visual=st.floats(0, 2), history=st.floats(0, 2), category=st.floats(0, 2),
-                             popularity=st.floats(0, 2), half_life_views=st.floats(0.1, 20),
+                             popularity=st.floats(0, 2), dismissed=st.floats(0, 2), half_life_views=st.floats(0.1, 20),
+                             history_temperature=st.floats(0.01, 10), near_duplicate=st.floats(-1, 0.99),
                              exclude_viewed=st.booleans())
 
 
@@ -90,18 +87,22 @@ def direction(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm else np.zeros(vector.shape)
 
 
-def bag(product_id: str, visual_score: float = 0.5, taste: float = 0.0) -> Candidate:
-    return Candidate(product_id, "bags", visual_score, taste)
+def bag(product_id: str, visual_score: float = 0.5, to_views: tuple[float, ...] = ()) -> Candidate:
+    return Candidate(product_id, "bags", visual_score, to_views)
 
 
 def bag_view(product_id: str, vector: list[float], position: int = 0) -> HistoryItem:
     return HistoryItem(product_id, "bags", np.array(vector), position)
 
 
+def no_dismissals(candidates: list[Candidate]) -> list[Candidate]:
+    return [replace(c, popularity=0.0, dismissal_similarity=-1.0) for c in candidates]
+
+
 @few_examples
 @given(scenarios(), weights_strategy)
 def test_empty_history_and_no_popularity_give_the_visual_order(scenario: Scenario, weights: Weights) -> None:
-    candidates = [replace(candidate, popularity=0.0) for candidate in scenario[0]]
+    candidates = [replace(c, view_similarities=()) for c in no_dismissals(scenario[0])]
     ranked = rerank(candidates, NO_TASTE, weights)
     assert ids_of(ranked) == visual_order(candidates)
     for r in ranked:
@@ -112,42 +113,45 @@ def test_empty_history_and_no_popularity_give_the_visual_order(scenario: Scenari
 @few_examples
 @given(scenarios(), weights_strategy)
 def test_score_is_the_documented_weighted_sum(scenario: Scenario, weights: Weights) -> None:
-    _, history, vectors_by_id = scenario
-    candidates = with_weights(scenario, weights)
+    candidates, history, _ = scenario
     by_id = {c.product_id: c for c in candidates}
-    recency = [0.5 ** (h.position / weights.half_life_views) for h in history]
-    for r in rerank(candidates, taste_of(history, weights), weights):
-        candidate = by_id[r.product_id]
+    taste = taste_of(history, weights.half_life_views)
+    recency = [0.5 ** (view.position / weights.half_life_views) for view in taste.views]
+    recency = [w / sum(recency) for w in recency]
+    t = weights.history_temperature
+    for r in rerank(candidates, taste, weights):
+        c = by_id[r.product_id]
         if history:
-            vector = vectors_by_id[r.product_id]
-            expected_history = sum(w * cosine(vector, h.vector) for w, h in zip(recency, history))
-            expected_history /= sum(recency)
-            expected_category = sum(w for w, h in zip(recency, history) if h.category == candidate.category)
-            expected_category /= sum(recency)
+            soft_max = 1 + t * math.log(sum(w * math.exp((s - 1) / t) for w, s in zip(recency, c.view_similarities)))
+            expected_history = soft_max - c.neighbour_similarity
+            expected_category = sum(w for w, view in zip(recency, taste.views) if view.category == c.category)
         else:
             expected_history = expected_category = 0.0
-        assert (r.visual_score, r.popularity_score) == (candidate.visual_score, candidate.popularity)
+        expected_dismissal = max(0.0, (c.dismissal_similarity - weights.near_duplicate) / (1 - weights.near_duplicate))
+        assert (r.visual_score, r.popularity_score) == (c.visual_score, c.popularity)
         assert r.history_score == pytest.approx(expected_history, abs=1e-9)
         assert r.category_score == pytest.approx(expected_category, abs=1e-9)
+        assert r.dismissal_score == pytest.approx(expected_dismissal, abs=1e-9)
         assert r.score == pytest.approx(weights.visual * r.visual_score + weights.history * r.history_score
                                         + weights.category * r.category_score
-                                        + weights.popularity * r.popularity_score, abs=1e-12)
+                                        + weights.popularity * r.popularity_score
+                                        - weights.dismissed * r.dismissal_score, abs=1e-9)
 
 
 def test_popularity_lifts_a_product_shoppers_view_more_over_a_slightly_closer_one() -> None:
-    closer, popular = bag("closer", visual_score=0.80), replace(bag("popular", 0.75), popularity=1.0)
-    history = [bag_view("seen", [0, 1])]
-    assert ids_of(rerank([closer, popular], taste_of(history))) == ["popular", "closer"]
-    assert ids_of(rerank([closer, popular], taste_of(history), Weights(popularity=0.0))) == ["closer", "popular"]
+    closer, popular = bag("closer", 0.80, (0.5,)), replace(bag("popular", 0.75, (0.5,)), popularity=1.0)
+    taste = taste_of([bag_view("seen", [0, 1])])
+    assert ids_of(rerank([closer, popular], taste)) == ["popular", "closer"]
+    assert ids_of(rerank([closer, popular], taste, Weights(popularity=0.0))) == ["closer", "popular"]
 
 
 @few_examples
 @given(scenarios(), weights_strategy)
 def test_order_is_a_deterministic_total_order(scenario: Scenario, weights: Weights) -> None:
     candidates, history, _ = scenario
-    taste = taste_of(history, weights)
+    taste = taste_of(history, weights.half_life_views)
     ranked = rerank(candidates, taste, weights)
-    assert rerank(candidates, taste_of(history, weights), weights) == ranked
+    assert rerank(candidates, taste_of(history, weights.half_life_views), weights) == ranked
     assert rerank(candidates[::-1], taste, weights) == ranked
     keys = [(-r.score, -r.visual_score, r.product_id) for r in ranked]
     assert keys == sorted(keys)
@@ -159,8 +163,9 @@ def test_history_in_one_category_moves_that_category_up(scenario: Scenario, cate
                                                         category_weight: float, exclude_viewed: bool) -> None:
     candidates, history, _ = scenario
     history = [replace(h, category=category) for h in history]
-    weights = Weights(history=0.0, category=category_weight, popularity=0.0, exclude_viewed=exclude_viewed)
-    ranked = ids_of(rerank(candidates, taste_of(history, weights), weights))
+    weights = Weights(history=0.0, category=category_weight, popularity=0.0, dismissed=0.0,
+                      exclude_viewed=exclude_viewed)
+    ranked = ids_of(rerank(candidates, taste_of(history), weights))
     before = visual_order([c for c in candidates if c.product_id in ranked])
     for c in candidates:
         if c.product_id in ranked and c.category == category:
@@ -169,15 +174,57 @@ def test_history_in_one_category_moves_that_category_up(scenario: Scenario, cate
             assert ranked.index(c.product_id) >= before.index(c.product_id)
 
 
-def test_history_in_one_category_lifts_it_with_default_weights() -> None:
-    shoe, bag = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
-    history = [HistoryItem(f"shoe-viewed-{p}", "shoes", shoe + 0.1 * bag, p) for p in range(3)]
-    candidates = [Candidate("bag-1", "bags", 0.80), Candidate("bag-2", "bags", 0.79),
-                  Candidate("shoe-1", "shoes", 0.75)]
-    assert ids_of(rerank(candidates)) == ["bag-1", "bag-2", "shoe-1"]
-    tastes = {"bags": taste_similarity(bag, history), "shoes": taste_similarity(shoe, history)}
-    candidates = [replace(c, taste_similarity=tastes[c.category]) for c in candidates]
-    assert ids_of(rerank(candidates, taste_of(history))) == ["shoe-1", "bag-1", "bag-2"]
+def test_a_shopper_of_two_styles_gets_products_of_either_not_their_blend() -> None:
+    """Views of two styles: a product of one style beats one that sits between them, which the mean direction
+    of the views would prefer (a large temperature gives that mean)."""
+    style_a, style_b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    history = [bag_view("a1", style_a.tolist(), 0), bag_view("b1", style_b.tolist(), 1),
+               bag_view("a2", style_a.tolist(), 2), bag_view("b2", style_b.tolist(), 3)]
+    taste = taste_of(history)
+    blend = np.array([1.0, 1.0, 0.4])
+    candidates = [Candidate(name, "bags", 0.5, view_similarities(vector, taste, history))
+                  for name, vector in (("of-style-b", style_b + 0.1), ("blend", blend))]
+    assert ids_of(rerank(candidates, taste)) == ["of-style-b", "blend"]
+    assert ids_of(rerank(candidates, taste, Weights(history_temperature=100.0))) == ["blend", "of-style-b"]
+
+
+def test_temperature_spans_maximum_to_recency_weighted_mean() -> None:
+    taste = taste_of([bag_view("x", [1, 0], 0), bag_view("y", [0, 1], 5)])
+    [cold] = rerank([bag("c", 0.5, (0.2, 0.9))], taste, Weights(history_temperature=1e-3))
+    [hot] = rerank([bag("c", 0.5, (0.2, 0.9))], taste, Weights(history_temperature=1e3))
+    assert cold.history_score == pytest.approx(0.9, abs=0.01)
+    assert hot.history_score == pytest.approx((0.2 * 1 + 0.9 * 0.5) / 1.5, abs=1e-3)
+
+
+def test_a_product_close_to_everything_gains_less_from_the_views() -> None:
+    taste = taste_of([bag_view("seen", [1, 0])])
+    hub = replace(bag("hub", 0.5, (0.9,)), neighbour_similarity=0.95)
+    specific = replace(bag("specific", 0.5, (0.9,)), neighbour_similarity=0.7)
+    [first, second] = rerank([hub, specific], taste)
+    assert (first.product_id, second.product_id) == ("specific", "hub")
+    assert first.history_score - second.history_score == pytest.approx(0.25)
+
+
+def test_near_duplicates_of_a_dismissed_product_are_demoted() -> None:
+    near = replace(bag("near-duplicate", 0.9), dismissal_similarity=0.97)
+    far = replace(bag("other", 0.8), dismissal_similarity=0.6)
+    ranked = rerank([near, far])
+    assert ids_of(ranked) == ["other", "near-duplicate"]
+    assert ranked[0].dismissal_score == 0.0 and ranked[1].dismissal_score == pytest.approx(0.7)
+    assert ids_of(rerank([near, far], weights=Weights(dismissed=0.0))) == ["near-duplicate", "other"]
+
+
+def test_reasons_name_the_closest_view_and_come_largest_first() -> None:
+    taste = taste_of([bag_view("latest", [1, 0], 0), bag_view("older", [0, 1], 1)])
+    candidate = replace(bag("c", 0.6, (0.2, 0.99)), neighbour_similarity=0.5, popularity=1.0)
+    [ranked] = rerank([candidate], taste, Weights(popularity=0.2))
+    assert [reason.kind for reason in ranked.reasons] == [
+        ReasonKind.VISUALLY_SIMILAR, ReasonKind.SIMILAR_TO_VIEWED, ReasonKind.VIEWED_CATEGORY, ReasonKind.POPULAR]
+    assert ranked.reasons[1].product_id == "older"
+    contributions = [reason.contribution for reason in ranked.reasons]
+    assert contributions == sorted(contributions, reverse=True)
+    [anonymous] = rerank([bag("c", 0.3)])
+    assert [reason.kind for reason in anonymous.reasons] == [ReasonKind.VISUALLY_SIMILAR]
 
 
 @few_examples
@@ -197,16 +244,18 @@ def test_viewed_items_are_excluded_unless_asked_otherwise(scenario: Scenario) ->
 @given(scenarios(), st.integers(0, 5), st.integers(1, 20))
 def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shift: int) -> None:
     _, others, _ = scenario
+    others = [h for h in others if h.product_id != "seen"]
     dim = others[0].vector.size if others else 3
     vector = np.arange(1, dim + 1, dtype=np.float32)
 
     def parts_with_view_at(view_position: int) -> tuple[float, float]:
         history = [*others, HistoryItem("seen", "hats", vector, view_position)]
-        [r] = rerank([Candidate("new", "hats", 0.5, taste_similarity(vector, history))], taste_of(history))
+        taste = taste_of(history)
+        [r] = rerank([Candidate("new", "hats", 0.5, view_similarities(vector, taste, history))], taste)
         return r.history_score, r.category_score
 
     recent, older = parts_with_view_at(position), parts_with_view_at(position + shift)
-    assert older[0] <= recent[0] + 1e-12
+    assert older[0] <= recent[0] + 1e-9
     if others:
         assert older[1] < recent[1]
     else:
@@ -217,7 +266,7 @@ def test_an_older_view_has_less_influence(scenario: Scenario, position: int, shi
 @given(scenarios(), weights_strategy, st.integers(0, 12))
 def test_limit_keeps_the_top_of_the_full_order(scenario: Scenario, weights: Weights, limit: int) -> None:
     candidates, history, _ = scenario
-    taste = taste_of(history, weights)
+    taste = taste_of(history, weights.half_life_views)
     assert rerank(candidates, taste, weights, limit=limit) == rerank(candidates, taste, weights)[:limit]
 
 
@@ -226,7 +275,7 @@ def test_limit_keeps_the_top_of_the_full_order(scenario: Scenario, weights: Weig
 def test_taste_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, weights: Weights) -> None:
     _, history, _ = scenario
     mean = sum(0.5 ** (h.position / weights.half_life_views) * direction(h.vector) for h in history)
-    vector = taste_of(history, weights).vector
+    vector = taste_of(history, weights.half_life_views).vector
     if vector is None:
         assert np.linalg.norm(mean) == pytest.approx(0.0, abs=1e-8)
     else:
@@ -234,13 +283,18 @@ def test_taste_vector_is_the_unit_recency_weighted_mean(scenario: Scenario, weig
         assert vector.tolist() == pytest.approx((mean / np.linalg.norm(mean)).tolist())
 
 
+def test_a_product_viewed_twice_is_one_view_at_its_latest_position() -> None:
+    taste = taste_of([bag_view("a", [1, 0], 3), bag_view("b", [0, 1], 1), bag_view("a", [1, 0], 0)])
+    assert [(view.product_id, view.position) for view in taste.views] == [("a", 0), ("b", 1)]
+
+
 def test_only_relative_positions_matter_however_old_the_history() -> None:
-    candidates = [bag("a", taste=0.9), bag("b", taste=0.2)]
+    candidates = [bag("a", 0.5, (0.9, 0.1)), bag("b", 0.5, (0.2, 0.6))]
     recent = [bag_view("x", [1, 0], 0), bag_view("y", [0, 1], 3)]
     old = [replace(view, position=view.position + 5000) for view in recent]
+    assert taste_of(old, 1.0).vector == pytest.approx(taste_of(recent, 1.0).vector)
     weights = Weights(half_life_views=1.0)
-    assert taste_of(old, weights).vector == pytest.approx(taste_of(recent, weights).vector)
-    assert rerank(candidates, taste_of(old, weights), weights) == rerank(candidates, taste_of(recent, weights), weights)
+    assert rerank(candidates, taste_of(old), weights) == rerank(candidates, taste_of(recent), weights)
 
 
 def test_taste_vector_of_one_view_is_its_direction_and_none_when_empty() -> None:
@@ -253,7 +307,7 @@ def test_taste_vector_is_none_when_the_views_cancel_out() -> None:
     assert taste_of([bag_view("a", [1, 2], 4), bag_view("b", [-2, -4], 4)]).vector is None
     # Weights 2 ** -0.5, 2 ** -0.5 and 1 cancel only up to rounding: no direction is left either.
     views = [bag_view("x", [1, 0], 1), bag_view("y", [0, 1], 1), bag_view("z", [-1, -1], 0)]
-    assert taste_of(views, Weights(half_life_views=2.0)).vector is None
+    assert taste_of(views, 2.0).vector is None
 
 
 def test_taste_vector_leans_to_recent_views() -> None:
@@ -268,11 +322,17 @@ def test_taste_vector_leans_to_recent_views() -> None:
     ({"history": float("nan")}, "weight history must be a finite number >= 0"),
     ({"category": float("inf")}, "weight category must be a finite number >= 0"),
     ({"popularity": -1.0}, "weight popularity must be a finite number >= 0"),
+    ({"dismissed": -1.0}, "weight dismissed must be a finite number >= 0"),
     ({"half_life_views": 0.0}, "half_life_views must be a finite number > 0"),
+    ({"history_temperature": float("inf")}, "history_temperature must be a finite number > 0"),
+    ({"near_duplicate": 1.0}, "near_duplicate must be in -1..1"),
 ])
 def test_invalid_weights_are_rejected(fields: NumericWeights, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Weights(**fields)
+
+
+ONE_VIEW = [bag_view("v", [1, 0])]
 
 
 @pytest.mark.parametrize("candidates, history, limit, message", [
@@ -281,9 +341,11 @@ def test_invalid_weights_are_rejected(fields: NumericWeights, message: str) -> N
     ([], [bag_view("v", [])], None, "vector must be 1-D and non-empty"),
     ([], [bag_view("v", [1, float("nan")])], None, "history item v: vector has non-finite values"),
     ([bag("a", float("nan"))], [], None, "candidate a: visual_score must be finite"),
-    ([bag("a", taste=float("inf"))], [], None, "candidate a: taste_similarity must be finite"),
-    ([Candidate("a", "bags", 0.5, 0.0, 1.5)], [], None, "candidate a: popularity must be in 0..1"),
-    ([Candidate("a", "bags", 0.5, 0.0, float("nan"))], [], None, "candidate a: popularity must be in 0..1"),
+    ([bag("a", 0.5, (float("inf"),))], ONE_VIEW, None, "candidate a: view similarities must be finite"),
+    ([bag("a", 0.5, (0.1, 0.2))], ONE_VIEW, None, "candidate a: 2 view similarities for 1 views"),
+    ([replace(bag("a"), neighbour_similarity=float("nan"))], [], None, "neighbour_similarity must be finite"),
+    ([Candidate("a", "bags", 0.5, popularity=1.5)], [], None, "candidate a: popularity must be in 0..1"),
+    ([Candidate("a", "bags", 0.5, popularity=float("nan"))], [], None, "candidate a: popularity must be in 0..1"),
     ([bag("a"), bag("a", 0.4)], [], None, "unique, repeated: a"),
     ([bag("a")], [bag_view("v", [1, 0], -1)], None, "history item v: position must be >= 0"),
     ([bag("a")], [], -1, "limit must be >= 0"),

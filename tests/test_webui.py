@@ -186,7 +186,11 @@ async def test_a_recorded_view_shows_in_the_history_and_changes_the_next_list(ht
         assert [view["product_id"] for view in (await response.json())["views"]] == [viewed]
     _, after = await post_recommend(http, webui, query, user_id="adapter-shopper", limit="10")
     assert viewed not in {item["product_id"] for item in after["items"]}
-    assert all(item["history_score"] > 0 for item in after["items"])
+    assert all(item["history_score"] != 0 for item in after["items"])
+    assert all(item["reasons"][0] == "looks like the photo" for item in [*before["items"], *after["items"]])
+    viewed_reasons = {reason for item in after["items"] for reason in item["reasons"]
+                      if reason.endswith("which you viewed")}
+    assert viewed_reasons <= {f"looks like {viewed}, which you viewed"}
 
 
 @pytest.mark.parametrize("fields, image, status, words", [
@@ -314,7 +318,9 @@ async def test_in_a_browser_an_upload_shows_results_and_a_click_changes_the_next
     after = await result_ids(page)
     assert len(after) == 12 and after != before
     history_scores = await cards.evaluate_all("cards => cards.map(c => Number(c.dataset.historyScore))")
-    assert all(score > 0 for score in history_scores)
+    assert all(score != 0 for score in history_scores), "every list item is scored against the view"
+    reasons = await page.locator("#results .reasons").all_text_contents()
+    assert len(reasons) == 12 and all(text.startswith("looks like the photo") for text in reasons), reasons
     assert any(await page.locator("#results .change").all_text_contents()), "moves are marked"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=SCREENSHOTS / "recommendations.png", full_page=True)

@@ -18,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from catalog_sources.fashion_mnist import CLASS_NAMES
+from recsys_api.v1 import recsys_pb2 as pb
 from recsys_client import RecsysClient
 
 from .examples import FashionMnistImages
@@ -30,6 +31,8 @@ MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # the gateway's gRPC message limit; the gat
 RPC_TIMEOUT_S = 10.0
 DEFAULT_LIMIT = 12
 MAX_LIMIT = 100
+REASON_TEXTS = {pb.REASON_KIND_VISUALLY_SIMILAR: "looks like the photo", pb.REASON_KIND_VIEWED_CATEGORY:
+                "in a category you viewed", pb.REASON_KIND_POPULAR: "popular with shoppers"}
 
 HTTP_STATUS_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -147,10 +150,17 @@ async def recommend(request: web.Request) -> web.Response:
         "items": [{"product_id": item.product_id, "category": item.category, "score": item.score,
                    "visual_score": item.visual_score, "history_score": item.history_score,
                    "category_score": item.category_score, "popularity_score": item.popularity_score,
-                   "attributes": dict(item.attributes),
+                   "attributes": dict(item.attributes), "reasons": [reason_text(reason) for reason in item.reasons],
                    "image_url": image_url(item.product_id)}
                   for item in response.items],
     })
+
+
+def reason_text(reason: pb.Reason) -> str:
+    """A reason code as the page shows it."""
+    if reason.kind == pb.REASON_KIND_SIMILAR_TO_VIEWED:
+        return f"looks like {reason.product_id}, which you viewed"
+    return REASON_TEXTS.get(reason.kind, "")
 
 
 async def record_view(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 import asyncio
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +34,7 @@ from gateway.catalog.store import (
     CATEGORY_FIELD,
     EXACT_SEARCH_MAX_POINTS,
     ITEM_FIELDS,
+    NEIGHBOUR_FIELD,
     THUMBNAIL_FIELD,
     SimilarityQuery,
     SimilarityTarget,
@@ -119,8 +120,24 @@ class EdgeCatalog:
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
+        return (await self.search_batch([vector], limit, categories, exclude_ids))[0]
+
+    async def search_batch(
+        self,
+        vectors: Sequence[np.ndarray],
+        limit: int,
+        categories: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[list[Neighbour]]:
+        """`search` for each vector, under the same limit and filter; the searches go to the engine as one batch."""
         check_limit(limit)
-        return await self._in_thread(self._search, vector, limit, categories, exclude_ids)
+        return await self._in_thread(self._search_batch, vectors, limit, categories, exclude_ids) if vectors else []
+
+    async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
+        """Store each product's mean cosine similarity to its nearest neighbours; products not stored are
+        skipped."""
+        if values:
+            await self._in_thread(self._set_neighbour_similarities, values)
 
     async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among
@@ -231,22 +248,36 @@ class EdgeCatalog:
                 self._points = _live_points(shard)
         return len(existing)
 
-    def _search(
-        self, vector: np.ndarray, limit: int, categories: Sequence[str], exclude_ids: Sequence[str]
-    ) -> list[Neighbour]:
+    def _search_batch(
+        self, vectors: Sequence[np.ndarray], limit: int, categories: Sequence[str], exclude_ids: Sequence[str]
+    ) -> list[list[Neighbour]]:
         shard, model = self._opened()
         exact = self._points <= self._exact_search_max_points
-        request = QueryRequest(
-            limit=limit,
-            query=Query.Nearest(checked_vector(vector, model.dim)),
-            filter=_filter(categories, exclude_ids),
-            with_payload=ITEM_FIELDS,
-            with_vector=False,
-            params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
-        )
+        search_filter = _filter(categories, exclude_ids)
+        requests = [
+            QueryRequest(
+                limit=limit,
+                query=Query.Nearest(checked_vector(vector, model.dim)),
+                filter=search_filter,
+                with_payload=ITEM_FIELDS,
+                with_vector=False,
+                params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
+            )
+            for vector in vectors
+        ]
         with self._engine_errors():
-            hits = shard.query(request)
-        return [Neighbour(item_from_point(hit.payload, None), hit.score) for hit in hits]
+            answers = shard.query_batch(QueryBatchRequest(requests))
+        return [[Neighbour(item_from_point(hit.payload, None), hit.score) for hit in hits] for hits in answers]
+
+    def _set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
+        shard, _ = self._opened()
+        with self._engine_errors():
+            stored = {record.id for record in shard.retrieve(point_ids(values, point_uuid), with_payload=False,
+                                                             with_vector=False)}
+            for product_id, value in values.items():
+                if point_uuid(product_id) in stored:
+                    shard.update(UpdateOperation.set_payload([point_uuid(product_id)], {NEIGHBOUR_FIELD: value}))
+            shard.flush()
 
     def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         shard, model = self._opened()

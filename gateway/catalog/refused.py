@@ -1,6 +1,6 @@
 """A catalog the gateway must not serve: every call answers with the reason (e.g. built with another model)."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,13 @@ class RefusedCatalog:
 
     async def search(self, vector: np.ndarray, limit: int, categories: Sequence[str] = (),
                      exclude_ids: Sequence[str] = ()) -> list[Neighbour]:
+        raise self._reason
+
+    async def search_batch(self, vectors: Sequence[np.ndarray], limit: int, categories: Sequence[str] = (),
+                           exclude_ids: Sequence[str] = ()) -> list[list[Neighbour]]:
+        raise self._reason
+
+    async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
         raise self._reason
 
     async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:

@@ -1,7 +1,7 @@
 """The catalog in a Qdrant collection reached through qdrant-client's async API (a server, or local mode)."""
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -15,6 +15,7 @@ from gateway.catalog.store import (
     CATEGORY_FIELD,
     EXACT_SEARCH_MAX_POINTS,
     ITEM_FIELDS,
+    NEIGHBOUR_FIELD,
     THUMBNAIL_FIELD,
     SimilarityQuery,
     SimilarityTarget,
@@ -116,18 +117,46 @@ class QdrantClientCatalog:
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
+        return (await self.search_batch([vector], limit, categories, exclude_ids))[0]
+
+    async def search_batch(
+        self,
+        vectors: Sequence[np.ndarray],
+        limit: int,
+        categories: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[list[Neighbour]]:
+        """`search` for each vector, under the same limit and filter; the searches go to the server as one batch."""
         check_limit(limit)
-        query = checked_vector(vector, self._opened().dim)
+        if not vectors:
+            return []
+        dim = self._opened().dim
+        search_filter = _filter(categories, exclude_ids)
+        requests = [
+            models.QueryRequest(query=checked_vector(vector, dim), filter=search_filter, limit=limit,
+                                with_payload=ITEM_FIELDS, with_vector=False)
+            for vector in vectors
+        ]
         with self._server_errors():
-            response = await self._client.query_points(
-                self.collection,
-                query=query,
-                query_filter=_filter(categories, exclude_ids),
-                limit=limit,
-                with_payload=ITEM_FIELDS,
-                with_vectors=False,
-            )
-        return [Neighbour(item_from_point(hit.payload, None), hit.score) for hit in response.points]
+            responses = await self._client.query_batch_points(self.collection, requests)
+        return [[Neighbour(item_from_point(hit.payload, None), hit.score) for hit in response.points]
+                for response in responses]
+
+    async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
+        """Store each product's mean cosine similarity to its nearest neighbours; products not stored are
+        skipped."""
+        if not values:
+            return
+        with self._server_errors():
+            stored = {str(record.id) for record in await self._client.retrieve(
+                self.collection, point_ids(values, point_id), with_payload=False, with_vectors=False)}
+            operations = [
+                models.SetPayloadOperation(set_payload=models.SetPayload(payload={NEIGHBOUR_FIELD: value},
+                                                                         points=[point_id(product_id)]))
+                for product_id, value in values.items() if point_id(product_id) in stored
+            ]
+            if operations:
+                await self._client.batch_update_points(self.collection, operations, wait=True)
 
     async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among

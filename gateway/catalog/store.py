@@ -19,8 +19,10 @@ from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, Mod
 EXACT_SEARCH_MAX_POINTS = 20_000
 CATEGORY_FIELD = "category"
 THUMBNAIL_FIELD = "thumbnail"
+# A product's mean cosine similarity to its nearest catalog neighbours, set after it is stored.
+NEIGHBOUR_FIELD = "neighbour_similarity"
 # The payload fields searches and lookups read: everything but the thumbnail.
-ITEM_FIELDS = ["product_id", CATEGORY_FIELD, "attributes"]
+ITEM_FIELDS = ["product_id", CATEGORY_FIELD, "attributes", NEIGHBOUR_FIELD]
 REINDEX_COMMAND = "`make index RECREATE=1`"
 
 # A vector and the products to score against it.
@@ -61,6 +63,19 @@ class CatalogStore(Protocol):
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
+
+    async def search_batch(
+        self,
+        vectors: Sequence[np.ndarray],
+        limit: int,
+        categories: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[list[Neighbour]]:
+        """`search` for each vector, under the same limit and filter; the searches go to the engine as one batch."""
+
+    async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
+        """Store each product's mean cosine similarity to its nearest neighbours (NEIGHBOUR_FIELD); products not
+        stored are skipped."""
 
     async def similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         """For each (vector, product ids) query, the cosine similarity to its vector of each stored product among
@@ -146,6 +161,7 @@ def item_from_point(payload: Mapping[str, Any] | None, vector: object) -> Catalo
         category=payload[CATEGORY_FIELD],
         vector=_NO_VECTOR if vector is None else np.asarray(vector, dtype=np.float32),
         attributes=payload["attributes"],
+        neighbour_similarity=float(payload.get(NEIGHBOUR_FIELD, 0.0)),
     )
 
 

@@ -7,12 +7,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReasonKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_KIND_UNSPECIFIED: _ClassVar[ReasonKind]
+    REASON_KIND_VISUALLY_SIMILAR: _ClassVar[ReasonKind]
+    REASON_KIND_SIMILAR_TO_VIEWED: _ClassVar[ReasonKind]
+    REASON_KIND_VIEWED_CATEGORY: _ClassVar[ReasonKind]
+    REASON_KIND_POPULAR: _ClassVar[ReasonKind]
+
 class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FEEDBACK_KIND_UNSPECIFIED: _ClassVar[FeedbackKind]
     FEEDBACK_KIND_VIEW: _ClassVar[FeedbackKind]
     FEEDBACK_KIND_DISMISS: _ClassVar[FeedbackKind]
     FEEDBACK_KIND_PURCHASE: _ClassVar[FeedbackKind]
+REASON_KIND_UNSPECIFIED: ReasonKind
+REASON_KIND_VISUALLY_SIMILAR: ReasonKind
+REASON_KIND_SIMILAR_TO_VIEWED: ReasonKind
+REASON_KIND_VIEWED_CATEGORY: ReasonKind
+REASON_KIND_POPULAR: ReasonKind
 FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
 FEEDBACK_KIND_VIEW: FeedbackKind
 FEEDBACK_KIND_DISMISS: FeedbackKind
@@ -39,7 +52,7 @@ class RecommendRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., product_id: _Optional[str] = ..., user_id: _Optional[str] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("product_id", "category", "score", "visual_score", "history_score", "attributes", "category_score", "popularity_score")
+    __slots__ = ("product_id", "category", "score", "visual_score", "history_score", "attributes", "category_score", "popularity_score", "dismissal_score", "reasons")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +68,8 @@ class Recommendation(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_SCORE_FIELD_NUMBER: _ClassVar[int]
     POPULARITY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DISMISSAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     category: str
     score: float
@@ -63,7 +78,19 @@ class Recommendation(_message.Message):
     attributes: _containers.ScalarMap[str, str]
     category_score: float
     popularity_score: float
-    def __init__(self, product_id: _Optional[str] = ..., category: _Optional[str] = ..., score: _Optional[float] = ..., visual_score: _Optional[float] = ..., history_score: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., category_score: _Optional[float] = ..., popularity_score: _Optional[float] = ...) -> None: ...
+    dismissal_score: float
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    def __init__(self, product_id: _Optional[str] = ..., category: _Optional[str] = ..., score: _Optional[float] = ..., visual_score: _Optional[float] = ..., history_score: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., category_score: _Optional[float] = ..., popularity_score: _Optional[float] = ..., dismissal_score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("kind", "contribution", "product_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: ReasonKind
+    contribution: float
+    product_id: str
+    def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., contribution: _Optional[float] = ..., product_id: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model", "degraded")

@@ -71,6 +71,7 @@ function resultCard(item, rank) {
   element("span", { class: "change" }, changeBadge(item.product_id, rank)),
   element("span", { class: "product-id" }, item.product_id),
   element("span", { class: "category" }, item.category),
+  element("span", { class: "reasons" }, item.reasons.join(" · ")),
   scores);
   button.addEventListener("click", () => recordView(item.product_id));
   return element("li", {}, button);
