@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog_sources.fashion_mnist import CLASS_NAMES
+from evaluation.diversity import QUERY_STRIDE
 from evaluation.metrics import RETRIEVAL_METRICS, most_confused
 from evaluation.personalisation import METHODS
 from evaluation.plots import METHOD_LABELS
@@ -68,6 +69,23 @@ def category_table(results: list[VersionResult]) -> str:
                            for r in results if name in r.per_category)
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
+
+
+def diversity_section(results: list[VersionResult]) -> str:
+    lines = ["| model | setting | precision@10 | intra-list similarity | categories per list | catalog coverage |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        lines += [f"| {r.model} | {name} | {m['precision']:.3f} | {m['intra_list_similarity']:.3f} | "
+                  f"{m['categories_per_list']:.2f} | {m['coverage']:.1%} |" for name, m in r.diversity.items()]
+    return f"""### Diversity and grouping
+
+Every {QUERY_STRIDE}th query again, anonymous, with each `Diversity` setting of the request: maximal marginal
+relevance (`mmr_lambda`) and at most 5 products per category (`group_by: "category"`). Intra-list similarity is the
+mean cosine similarity between a list's products (stored vectors); coverage is the share of the catalog shown in
+any list.
+
+{chr(10).join(lines)}
+"""
 
 
 def cross_check_table(results: list[VersionResult]) -> str:
@@ -274,7 +292,8 @@ in-process from the catalog images.
 {cross_check_table(evaluation.versions)}
 
 ![examples](examples.png)
-{personalisation_section(evaluation)}
+
+{diversity_section(evaluation.versions)}{personalisation_section(evaluation)}
 ## Processing time
 
 A closed-loop load run per version: {config.load_concurrency} clients send image queries with a user id (so the
@@ -306,7 +325,7 @@ def numbers(evaluation: Evaluation) -> dict[str, object]:
             "confusion": r.confusion.round(4).tolist(),
             "load": {"requests": r.load.requests, "errors": r.load.errors, "throughput": r.load.throughput,
                      "client": r.load.client, "stages": r.load.stages},
-            "index_seconds": r.index_seconds} for r in evaluation.versions],
+            "index_seconds": r.index_seconds, "diversity": r.diversity} for r in evaluation.versions],
         "personalisation": [{
             "version": p.version, "weights": asdict(p.weights), "own_views_weights": asdict(p.own_views_weights),
             "test": p.test, "test_steps": p.test_steps,

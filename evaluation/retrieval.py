@@ -53,8 +53,8 @@ class Served:
 
 
 async def served_results(stub: pb_grpc.RecommenderStub, images: Sequence[bytes], k: int, concurrency: int = 2,
-                         timeout_s: float = 30.0) -> Served:
-    """Recommend(image, limit=k) for every image, ``concurrency`` at a time, results in query order."""
+                         timeout_s: float = 30.0, diversity: pb.Diversity | None = None) -> Served:
+    """Recommend(image, limit=k, diversity) for every image, ``concurrency`` at a time, results in query order."""
     ids: list[list[str]] = [[] for _ in images]
     models = ["" for _ in images]
     retried = 0
@@ -65,7 +65,8 @@ async def served_results(stub: pb_grpc.RecommenderStub, images: Sequence[bytes],
         attempt = 0
         while True:
             try:
-                return await stub.Recommend(pb.RecommendRequest(image=images[index], limit=k), timeout=timeout_s)
+                request = pb.RecommendRequest(image=images[index], limit=k, diversity=diversity)
+                return await stub.Recommend(request, timeout=timeout_s)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRIED_CODES or attempt == RETRIES:
                     raise

@@ -25,6 +25,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from catalog_sources import products as sources
 from catalog_sources.fashion_mnist import CLASS_NAMES, load_split
 from evaluation import metrics as measures
+from evaluation.diversity import measure_diversity
 from evaluation.latency import LoadRun, load_run
 from evaluation.personalisation import (
     METHODS,
@@ -100,6 +101,7 @@ class VersionResult:
     confusion: np.ndarray
     load: LoadRun
     index_seconds: float
+    diversity: dict[str, dict[str, float]]
 
 
 @dataclass
@@ -220,6 +222,7 @@ async def measure_version(config: EvalConfig, running: RunningGateway, stub: pb_
 
     served_relevant = relevant(served.ids)
     result_labels = np.array([[label_of[i] for i in row] for row in served.ids])
+    diversity = await measure_diversity(stub, query_images, query_labels, catalog_ids, catalog_labels, vectors)
     load = await load_run(stub, running.metrics.registry, query_images, load_users, config.load_seconds,
                           config.load_concurrency)
     return VersionResult(
@@ -227,7 +230,7 @@ async def measure_version(config: EvalConfig, running: RunningGateway, stub: pb_
         measures.metrics_at(served_relevant, in_catalog, config.ks),
         measures.metrics_at(relevant(in_process.ids), in_catalog, config.ks),
         measures.per_category(query_labels, served_relevant, in_catalog, 10, CLASS_NAMES),
-        measures.confusion(query_labels, result_labels, 10, len(CLASS_NAMES)), load, index_seconds)
+        measures.confusion(query_labels, result_labels, 10, len(CLASS_NAMES)), load, index_seconds, diversity)
 
 
 async def measure_personalisation(config: EvalConfig, running: RunningGateway, version: str, catalog_ids: list[str],

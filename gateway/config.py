@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     rank_half_life_views: PositiveFloat = _DEFAULT_WEIGHTS.half_life_views
     rank_history_temperature: PositiveFloat = _DEFAULT_WEIGHTS.history_temperature
     rank_near_duplicate: float = Field(_DEFAULT_WEIGHTS.near_duplicate, ge=-1, lt=1)
+    rank_mmr_lambda: float = Field(1.0, gt=0, le=1)
     rank_search_views: int = Field(3, ge=0)
     rank_view_pool: int = Field(20, ge=1)
     rank_exclude_viewed: bool = _DEFAULT_WEIGHTS.exclude_viewed

@@ -4,6 +4,7 @@ popularity) → re-rank, each stage with a deadline."""
 import asyncio
 import copy
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -12,7 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Reason, Taste, Weights, rerank, taste_of
+from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, Reason, Taste, Weights, diversify, rerank, taste_of
 
 from .admission import Admission
 from .config import Settings
@@ -35,6 +36,10 @@ from .validation import check_categories, check_id, check_id_count
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Maximal marginal relevance re-orders the best this many times the products asked for.
+MMR_POOL_FACTOR = 3
+# The group_by key that groups by category; any other key names an attribute.
+CATEGORY_GROUP = "category"
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,17 @@ class RecommendQuery:
     product_id: str | None = None
     limit: int = 0
     categories: tuple[str, ...] = ()
+    diversity: "Diversity | None" = None
+
+
+@dataclass(frozen=True)
+class Diversity:
+    """How a list trades score for variety: maximal marginal relevance (None: RANK_MMR_LAMBDA), and at most
+    `max_per_group` items per value of `group_by` ("category" or an attribute name; empty: no grouping)."""
+
+    mmr_lambda: float | None = None
+    group_by: str = ""
+    max_per_group: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,9 +166,12 @@ class Pipeline:
                 raise DeadlineExceeded(f"recommendation did not finish within its deadline of {budget:.3f} s") from None
 
     async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
+        diversity = self._diversity(query.diversity)
         inputs = await self._ranking_inputs(query, self._pool(limit))
         with self._metrics.stage("rerank"):
-            ranked = rerank(inputs.candidates, inputs.taste, self._weights, limit)
+            ranked = rerank(inputs.candidates, inputs.taste, self._weights, None if diversity else limit)
+        if diversity:
+            ranked = await self._diversified(ranked, inputs, diversity, limit)
         items = [Recommended(r.product_id, r.category, dict(inputs.attributes[r.product_id]), r.score, r.visual_score,
                              r.history_score, r.category_score, r.popularity_score, r.dismissal_score, r.reasons)
                  for r in ranked]
@@ -166,6 +185,41 @@ class Pipeline:
         limit = self._limit(query.limit)
         check_categories(query.categories)
         return await self._ranking_inputs(query, self._pool(limit))
+
+    def _diversity(self, requested: Diversity | None) -> Diversity | None:
+        """The request's diversity with the default lambda filled in, checked; None when it changes nothing."""
+        diversity = requested or Diversity()
+        mmr_lambda = self._settings.rank_mmr_lambda if diversity.mmr_lambda is None else diversity.mmr_lambda
+        if not (math.isfinite(mmr_lambda) and 0.0 < mmr_lambda <= 1.0):
+            raise InvalidArgument(f"diversity.mmr_lambda is {mmr_lambda}; it must be in 0..1, 0 excluded")
+        if diversity.group_by:
+            check_id("diversity.group_by", diversity.group_by)
+            if diversity.max_per_group > self._settings.max_limit:
+                raise InvalidArgument(f"diversity.max_per_group is {diversity.max_per_group}; the maximum is "
+                                      f"{self._settings.max_limit}")
+        elif diversity.max_per_group:
+            raise InvalidArgument("diversity.max_per_group needs diversity.group_by")
+        if mmr_lambda == 1.0 and not diversity.group_by:
+            return None
+        return Diversity(mmr_lambda, diversity.group_by, max(diversity.max_per_group, 1))
+
+    async def _diversified(self, ranked: list[Ranked], inputs: RankingInputs, diversity: Diversity, limit: int
+                           ) -> list[Ranked]:
+        """The top `limit` under `diversity`; maximal marginal relevance considers the best
+        MMR_POOL_FACTOR x `limit` products, whose vectors it reads."""
+        mmr_lambda = diversity.mmr_lambda or 1.0
+        vectors = None
+        if mmr_lambda < 1.0:
+            ranked = ranked[:MMR_POOL_FACTOR * limit]
+            found = await self._within("catalog lookup", self._settings.search_timeout_s,
+                                       self.catalog.retrieve([r.product_id for r in ranked]))
+            ranked = [r for r in ranked if r.product_id in found]  # deleted since the search
+            vectors = np.array([found[r.product_id].vector for r in ranked]).reshape(len(ranked), -1)
+        groups = None
+        if diversity.group_by:
+            groups = [r.category if diversity.group_by == CATEGORY_GROUP else
+                      inputs.attributes[r.product_id].get(diversity.group_by, f"\0{r.product_id}") for r in ranked]
+        return diversify(ranked, limit, vectors, mmr_lambda, groups, diversity.max_per_group)
 
     def _pool(self, limit: int) -> int:
         """How many products the visual search returns for a list of `limit`."""

@@ -11,7 +11,7 @@ from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from .domain import Feedback, InvalidArgument, View
 from .images import THUMBNAIL_TYPE
 from .indexer import Indexer, IndexReport, NewProduct
-from .pipeline import Pipeline, RecommendQuery
+from .pipeline import Diversity, Pipeline, RecommendQuery
 from .serving import Serving
 
 
@@ -34,6 +34,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             product_id=request.product_id if which == "product_id" else None,
             limit=request.limit,
             categories=tuple(request.filter.categories),
+            diversity=diversity_of(request.diversity) if request.HasField("diversity") else None,
         )
         result = await self._pipeline.recommend(query, context.time_remaining())
         return pb.RecommendResponse(
@@ -78,7 +79,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 REASON_KIND_OF = {ReasonKind.VISUALLY_SIMILAR: pb.REASON_KIND_VISUALLY_SIMILAR,
                   ReasonKind.SIMILAR_TO_VIEWED: pb.REASON_KIND_SIMILAR_TO_VIEWED,
                   ReasonKind.VIEWED_CATEGORY: pb.REASON_KIND_VIEWED_CATEGORY,
-                  ReasonKind.POPULAR: pb.REASON_KIND_POPULAR}
+                  ReasonKind.POPULAR: pb.REASON_KIND_POPULAR, ReasonKind.DIVERSITY: pb.REASON_KIND_DIVERSITY}
+
+
+def diversity_of(message: pb.Diversity) -> Diversity:
+    """The request's diversity; an unset mmr_lambda leaves the server's default."""
+    return Diversity(message.mmr_lambda if message.HasField("mmr_lambda") else None, message.group_by,
+                     message.max_per_group)
+
+
 FEEDBACK_OF = {pb.FEEDBACK_KIND_VIEW: Feedback.VIEW, pb.FEEDBACK_KIND_DISMISS: Feedback.DISMISS,
                pb.FEEDBACK_KIND_PURCHASE: Feedback.PURCHASE}
 

@@ -10,9 +10,10 @@ from ranker.ranking import (
     Taste,
     View,
     Weights,
+    diversify,
     rerank,
     taste_of,
 )
 
 __all__ = ["NO_TASTE", "Candidate", "HistoryItem", "Ranked", "Reason", "ReasonKind", "Taste", "View", "Weights",
-           "rerank", "taste_of"]
+           "diversify", "rerank", "taste_of"]

@@ -27,7 +27,7 @@ import enum
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -151,6 +151,7 @@ class ReasonKind(enum.Enum):
     SIMILAR_TO_VIEWED = "similar_to_viewed"
     VIEWED_CATEGORY = "viewed_category"
     POPULAR = "popular"
+    DIVERSITY = "diversity"
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,59 @@ def rerank(candidates: Sequence[Candidate], taste: Taste = NO_TASTE, weights: We
         ranked.append(Ranked(kept[i].product_id, kept[i].category, scores[i], visual, history, category, popularity,
                              dismissal, reasons))
     return ranked
+
+
+def diversify(ranked: Sequence[Ranked], limit: int, vectors: np.ndarray | None = None, mmr_lambda: float = 1.0,
+              groups: Sequence[str] | None = None, max_per_group: int = 1) -> list[Ranked]:
+    """At most ``limit`` of ``ranked`` (best first), diversified.
+
+    With ``vectors`` (the unit vectors of ``ranked``, row by row) and ``mmr_lambda`` < 1, maximal marginal
+    relevance: each next item is the one with the largest ``mmr_lambda * score - (1 - mmr_lambda) * s``, ``s``
+    its highest cosine similarity to the items already chosen (ties: the earlier in ``ranked``). With ``groups``
+    (each item's group), at most ``max_per_group`` items of a group. An item listed while a better-scored one is not
+    above it gets a DIVERSITY reason (contribution 0). Raises ValueError for lambda outside 0..1 (0 excluded), a group
+    count below 1, or vectors or groups that do not match ``ranked``.
+    """
+    if not (math.isfinite(mmr_lambda) and 0.0 < mmr_lambda <= 1.0):
+        raise ValueError(f"mmr_lambda must be in 0..1 (0 excluded), got {mmr_lambda!r}")
+    if max_per_group < 1:
+        raise ValueError(f"max_per_group must be >= 1, got {max_per_group}")
+    if groups is not None and len(groups) != len(ranked):
+        raise ValueError(f"{len(groups)} groups for {len(ranked)} items")
+    similarities = None
+    if vectors is not None and mmr_lambda < 1.0:
+        if len(vectors) != len(ranked):
+            raise ValueError(f"{len(vectors)} vectors for {len(ranked)} items")
+        unit = np.asarray(vectors, dtype=np.float64)
+        similarities = unit @ unit.T
+    closest = np.full(len(ranked), -np.inf)  # each item's highest similarity to the chosen ones
+    per_group: Counter[str] = Counter()
+    chosen: list[int] = []
+    remaining = list(range(len(ranked)))
+    while remaining and len(chosen) < limit:
+        open_items = [i for i in remaining if groups is None or per_group[groups[i]] < max_per_group]
+        if not open_items:
+            break
+        if similarities is None or not chosen:
+            best = open_items[0]
+        else:
+            best = max(open_items, key=lambda i: (mmr_lambda * ranked[i].score - (1 - mmr_lambda) * closest[i], -i))
+        chosen.append(best)
+        remaining.remove(best)
+        if groups is not None:
+            per_group[groups[best]] += 1
+        if similarities is not None:
+            closest = np.maximum(closest, similarities[best])
+    result, passed_over = [], set(range(len(ranked)))
+    for i in chosen:  # an item with a better-scored one not above it was chosen for diversity
+        result.append(ranked[i] if i == min(passed_over) else _inserted(ranked[i]))
+        passed_over.remove(i)
+    return result
+
+
+def _inserted(ranked: Ranked) -> Ranked:
+    """The item with a DIVERSITY reason added (last): it was chosen ahead of a better-scored item."""
+    return replace(ranked, reasons=(*ranked.reasons, Reason(ReasonKind.DIVERSITY, 0.0)))
 
 
 def taste_of(history: Sequence[HistoryItem], half_life_views: float = Weights.half_life_views) -> Taste:

@@ -78,13 +78,15 @@ class RecsysClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def recommend(self, *, image: bytes | None = None, product_id: str | None = None, user_id: str = "",
-                        limit: int = 0, categories: Sequence[str] = (), timeout_s: float | None = None
-                        ) -> pb.RecommendResponse:
+                        limit: int = 0, categories: Sequence[str] = (), diversity: pb.Diversity | None = None,
+                        timeout_s: float | None = None) -> pb.RecommendResponse:
         """Products like `image` (encoded bytes) or like catalog product `product_id`, or (neither) from the
-        user's history alone; personalised for `user_id`; `limit` 0 means the server's default (10)."""
+        user's history alone; personalised for `user_id`; `limit` 0 means the server's default (10); `diversity`
+        unset means the server's default."""
         if image is not None and product_id is not None:
             raise ValueError("send an image or a product_id, not both")
-        request = pb.RecommendRequest(user_id=user_id, limit=limit, filter=pb.Filter(categories=list(categories)))
+        request = pb.RecommendRequest(user_id=user_id, limit=limit, filter=pb.Filter(categories=list(categories)),
+                                      diversity=diversity)
         if image is not None:
             request.image = image
         elif product_id is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.__main__ import main as run_evaluation
+from evaluation.diversity import SETTINGS
 from evaluation.personalisation import APPROACHES, METHODS
 from evaluation.run import QUICK
 from tests.model_versions import MODEL_NAME, two_version_repository
@@ -50,6 +51,16 @@ def test_the_served_path_agrees_with_in_process_embeddings(report) -> None:
         assert abs(version["served"]["10"]["precision"] - version["in_process"]["10"]["precision"]) <= 0.01
 
 
+def test_diversity_settings_are_measured_and_do_what_they_say(report) -> None:
+    _, numbers = report
+    for version in numbers["versions"]:
+        diversity = version["diversity"]
+        assert set(diversity) == set(SETTINGS)
+        similarity = {name: measured["intra_list_similarity"] for name, measured in diversity.items()}
+        assert similarity["MMR lambda 0.5"] < similarity["ranking order"]
+        assert diversity["at most 5 per category"]["categories_per_list"] >= 2
+
+
 def test_personalisation_and_load_are_measured(report) -> None:
     _, numbers = report
     assert [p["version"] for p in numbers["personalisation"]] == ["1", "2"]
@@ -61,7 +72,8 @@ def test_personalisation_and_load_are_measured(report) -> None:
         assert personalisation["served_agreement"] == 1.0, "served lists are the offline ranking of the same inputs"
         assert personalisation["reasons"]["visually_similar"] == 1.0, "every item gives the visual reason"
         assert set(personalisation["reasons"]) == {"visually_similar", "similar_to_viewed", "viewed_category",
-                                                   "popular"}
+                                                   "popular", "diversity"}
+        assert personalisation["reasons"]["diversity"] == 0, "the ranking order unless a request asks for diversity"
         assert personalisation["own_views_weights"]["popularity"] == 0
         assert all(0 <= scores["ndcg"] <= scores["hit"] <= 1 for scores in personalisation["test"].values())
     baselines = [p["test"][method] for p in numbers["personalisation"] for method in ("most_viewed",

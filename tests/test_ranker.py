@@ -1,6 +1,7 @@
 """Properties of the history-aware re-ranker (pure functions, no servers)."""
 
 import math
+from collections import Counter
 from dataclasses import replace
 from typing import TypedDict
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, ReasonKind, Taste, Weights, rerank, taste_of
+from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, ReasonKind, Taste, Weights, diversify, rerank, taste_of
 
 CATEGORIES = ("bags", "dresses", "shoes")
 PRODUCT_IDS = tuple(f"p{index:02d}" for index in range(16))
@@ -359,3 +360,50 @@ def test_invalid_inputs_are_rejected(candidates: list[Candidate], history: list[
 def test_taste_of_validates_its_input() -> None:
     with pytest.raises(ValueError, match="history item b: vector has 1 dimensions, expected 2"):
         taste_of([bag_view("a", [1, 0]), bag_view("b", [1])])
+
+
+def ranked_bags(scores: list[float]) -> list[Ranked]:
+    return rerank([bag(f"b{i}", score) for i, score in enumerate(scores)])
+
+
+def test_without_diversity_the_top_of_the_ranking_is_kept() -> None:
+    ranked = ranked_bags([0.9, 0.8, 0.7, 0.6])
+    assert diversify(ranked, 3) == ranked[:3]
+    assert diversify(ranked, 3, np.eye(4), mmr_lambda=1.0) == ranked[:3]
+
+
+def test_mmr_moves_up_a_product_unlike_those_above_it_and_says_so() -> None:
+    ranked = ranked_bags([0.9, 0.89, 0.8])
+    near_twins = np.array([[1.0, 0.0], [0.999, 0.045], [0.0, 1.0]])
+    diverse = diversify(ranked, 3, near_twins, mmr_lambda=0.5)
+    assert ids_of(diverse) == ["b0", "b2", "b1"]
+    assert [ReasonKind.DIVERSITY in [r.kind for r in item.reasons] for item in diverse] == [False, True, False]
+    assert ids_of(diversify(ranked, 3, near_twins, mmr_lambda=0.99)) == ["b0", "b1", "b2"]
+
+
+@few_examples
+@given(st.lists(st.floats(0, 1), max_size=12), st.lists(st.sampled_from("abc"), min_size=12, max_size=12),
+       st.integers(1, 3), st.integers(0, 12))
+def test_a_group_never_has_more_than_its_share(scores: list[float], groups: list[str], per_group: int,
+                                               limit: int) -> None:
+    ranked = ranked_bags(scores)
+    group_of = dict(zip([r.product_id for r in ranked], groups[:len(ranked)], strict=True))
+    diverse = diversify(ranked, limit, groups=[group_of[r.product_id] for r in ranked], max_per_group=per_group)
+    counts = Counter(group_of[item.product_id] for item in diverse)
+    assert max(counts.values(), default=0) <= per_group and len(diverse) <= limit
+    kept = [r for r in ranked if r.product_id in {item.product_id for item in diverse}]
+    assert ids_of(diverse) == ids_of(kept), "grouping alone keeps the ranking order"
+    capped = {group for group, count in counts.items() if count == per_group}
+    assert len(diverse) == limit or all(group_of[r.product_id] in capped for r in ranked if r not in kept)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"mmr_lambda": 0.0}, "mmr_lambda must be in 0..1"),
+    ({"mmr_lambda": float("nan")}, "mmr_lambda must be in 0..1"),
+    ({"max_per_group": 0}, "max_per_group must be >= 1"),
+    ({"groups": ["a"]}, "1 groups for 2 items"),
+    ({"vectors": np.eye(3), "mmr_lambda": 0.5}, "3 vectors for 2 items"),
+])
+def test_invalid_diversity_is_rejected(arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        diversify(ranked_bags([0.5, 0.4]), 2, **arguments)

@@ -32,7 +32,8 @@ RPC_TIMEOUT_S = 10.0
 DEFAULT_LIMIT = 12
 MAX_LIMIT = 100
 REASON_TEXTS = {pb.REASON_KIND_VISUALLY_SIMILAR: "looks like the photo", pb.REASON_KIND_VIEWED_CATEGORY:
-                "in a category you viewed", pb.REASON_KIND_POPULAR: "popular with shoppers"}
+                "in a category you viewed", pb.REASON_KIND_POPULAR: "popular with shoppers",
+                pb.REASON_KIND_DIVERSITY: "for variety"}
 
 HTTP_STATUS_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,

@@ -14,6 +14,7 @@ class ReasonKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_KIND_SIMILAR_TO_VIEWED: _ClassVar[ReasonKind]
     REASON_KIND_VIEWED_CATEGORY: _ClassVar[ReasonKind]
     REASON_KIND_POPULAR: _ClassVar[ReasonKind]
+    REASON_KIND_DIVERSITY: _ClassVar[ReasonKind]
 
 class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +27,7 @@ REASON_KIND_VISUALLY_SIMILAR: ReasonKind
 REASON_KIND_SIMILAR_TO_VIEWED: ReasonKind
 REASON_KIND_VIEWED_CATEGORY: ReasonKind
 REASON_KIND_POPULAR: ReasonKind
+REASON_KIND_DIVERSITY: ReasonKind
 FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
 FEEDBACK_KIND_VIEW: FeedbackKind
 FEEDBACK_KIND_DISMISS: FeedbackKind
@@ -38,18 +40,30 @@ class Filter(_message.Message):
     def __init__(self, categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("image", "product_id", "user_id", "limit", "filter")
+    __slots__ = ("image", "product_id", "user_id", "limit", "filter", "diversity")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     product_id: str
     user_id: str
     limit: int
     filter: Filter
-    def __init__(self, image: _Optional[bytes] = ..., product_id: _Optional[str] = ..., user_id: _Optional[str] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    diversity: Diversity
+    def __init__(self, image: _Optional[bytes] = ..., product_id: _Optional[str] = ..., user_id: _Optional[str] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
+
+class Diversity(_message.Message):
+    __slots__ = ("mmr_lambda", "group_by", "max_per_group")
+    MMR_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    mmr_lambda: float
+    group_by: str
+    max_per_group: int
+    def __init__(self, mmr_lambda: _Optional[float] = ..., group_by: _Optional[str] = ..., max_per_group: _Optional[int] = ...) -> None: ...
 
 class Recommendation(_message.Message):
     __slots__ = ("product_id", "category", "score", "visual_score", "history_score", "attributes", "category_score", "popularity_score", "dismissal_score", "reasons")
