@@ -76,10 +76,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.ForgetUserResponse()
 
 
-REASON_KIND_OF = {ReasonKind.VISUALLY_SIMILAR: pb.REASON_KIND_VISUALLY_SIMILAR,
-                  ReasonKind.SIMILAR_TO_VIEWED: pb.REASON_KIND_SIMILAR_TO_VIEWED,
-                  ReasonKind.VIEWED_CATEGORY: pb.REASON_KIND_VIEWED_CATEGORY,
-                  ReasonKind.POPULAR: pb.REASON_KIND_POPULAR, ReasonKind.DIVERSITY: pb.REASON_KIND_DIVERSITY}
+# Each ranker reason is the proto's REASON_KIND_<name> (tests/test_protos.py checks that every one exists).
+REASON_KIND_OF = {kind: f"REASON_KIND_{kind.name}" for kind in ReasonKind}
 
 
 def diversity_of(message: pb.Diversity) -> Diversity:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ranker import ReasonKind
 from recsys_api.v1 import recsys_pb2, recsys_pb2_grpc
 from tools.protos import generate, lint, stale_stubs
 
@@ -55,4 +56,5 @@ def test_contract_names_that_clients_rely_on():
     assert {field.name for field in query.fields} == {"image", "product_id"}
     assert {"product_id", "category", "score", "visual_score", "history_score", "attributes", "reasons"} <= set(
         recsys_pb2.Recommendation.DESCRIPTOR.fields_by_name)
+    assert {f"REASON_KIND_{kind.name}" for kind in ReasonKind} <= set(recsys_pb2.ReasonKind.keys())
     assert callable(recsys_pb2_grpc.RecommenderStub) and callable(recsys_pb2_grpc.CatalogStub)
