@@ -6,15 +6,17 @@ and what it expects. docs/configuration.md lists every variable.
 """
 
 import logging
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ranker import Weights
 
+from .experiments import BUCKETS, Arm, Experiments, label_of
 from .images import ImageLimits
 
 MiB = 1024 * 1024
@@ -25,6 +27,24 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveSeconds = PositiveFloat
 Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=0, le=65535)]
+ArmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class ArmSettings(BaseModel):
+    """One experiment arm of RANK_EXPERIMENTS: the percentage of shoppers it serves, and the ranker settings it
+    changes (named as the fields of ranker.Weights; unset ones keep the RANK_* values)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: int = Field(ge=1, le=BUCKETS)
+    visual: Weight | None = None
+    history: Weight | None = None
+    category: Weight | None = None
+    popularity: Weight | None = None
+    dismissed: Weight | None = None
+    half_life_views: PositiveFloat | None = None
+    history_temperature: PositiveFloat | None = None
+    near_duplicate: float | None = Field(None, ge=-1, lt=1)
 
 
 class SettingsError(ValueError):
@@ -72,6 +92,8 @@ class Settings(BaseSettings):
     rank_search_views: int = Field(3, ge=0)
     rank_view_pool: int = Field(20, ge=1)
     rank_exclude_viewed: bool = _DEFAULT_WEIGHTS.exclude_viewed
+    rank_experiments: dict[ArmName, ArmSettings] = {}
+    rank_experiment_salt: str = ""
     request_timeout_s: PositiveSeconds = Field(5.0, validation_alias="REQUEST_TIMEOUT_SECONDS")
     embed_timeout_s: PositiveSeconds = Field(3.0, validation_alias="EMBED_TIMEOUT_SECONDS")
     search_timeout_s: PositiveSeconds = Field(1.0, validation_alias="SEARCH_TIMEOUT_SECONDS")
@@ -103,6 +125,11 @@ class Settings(BaseSettings):
             raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
         if self.default_limit > self.max_limit:
             raise ValueError(f"DEFAULT_LIMIT ({self.default_limit}) must not exceed MAX_LIMIT ({self.max_limit})")
+        shares = sum(arm.share for arm in self.rank_experiments.values())
+        if self.rank_experiments and shares != BUCKETS:
+            raise ValueError(f"the shares of RANK_EXPERIMENTS add up to {shares}; they must add up to {BUCKETS}")
+        if label_of(None) in self.rank_experiments:
+            raise ValueError(f"RANK_EXPERIMENTS: {label_of(None)!r} is reserved (the metrics label of no experiment)")
         return self
 
     @cached_property
@@ -113,6 +140,13 @@ class Settings(BaseSettings):
                        dismissed=self.rank_weight_dismissed, half_life_views=self.rank_half_life_views,
                        history_temperature=self.rank_history_temperature, near_duplicate=self.rank_near_duplicate,
                        exclude_viewed=self.rank_exclude_viewed)
+
+    @cached_property
+    def experiments(self) -> Experiments:
+        """The experiment arms (RANK_EXPERIMENTS), each with the RANK_* weights changed as it says."""
+        return Experiments([Arm(name, arm.share, replace(self.weights, **arm.model_dump(exclude={"share"},
+                                                                                        exclude_none=True)))
+                            for name, arm in self.rank_experiments.items()], self.rank_experiment_salt)
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -151,5 +185,6 @@ def describe(error: ValidationError) -> str:
             continue
         if problem["type"] == "bool_parsing":
             message += " (true/false, 1/0, yes/no or on/off)"
-        lines.append(f"{variable_of(field.lower())}={problem['input']!r}: {message}")
+        where = "".join(f"[{part}]" for part in problem["loc"][1:])  # inside a structured value
+        lines.append(f"{variable_of(field.lower())}{where}={problem['input']!r}: {message}")
     return "invalid configuration: " + "; ".join(lines)

@@ -35,6 +35,38 @@ class CatalogItem:
 
 
 @dataclass(frozen=True)
+class AttributeValues:
+    """Products whose attribute `name` equals one of `values`."""
+
+    name: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AttributeRange:
+    """Products whose attribute `name`, read as a number, is within minimum..maximum (None: unbounded)."""
+
+    name: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    """Which products a search may return: those in one of `categories` (any when empty) that pass every condition
+    of `attributes` and `ranges`, and are in none of `excluded_categories` and match none of `excluded_attributes`."""
+
+    categories: tuple[str, ...] = ()
+    attributes: tuple[AttributeValues, ...] = ()
+    ranges: tuple[AttributeRange, ...] = ()
+    excluded_categories: tuple[str, ...] = ()
+    excluded_attributes: tuple[AttributeValues, ...] = ()
+
+
+EVERY_PRODUCT = ProductFilter()
+
+
+@dataclass(frozen=True)
 class Neighbour:
     """A search hit: a catalog product, its vector and its cosine similarity to the query."""
 

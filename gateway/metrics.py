@@ -38,6 +38,12 @@ class Metrics:
             "recsys_products_ingested_total", "Catalog products embedded and stored.", registry=registry)
         self.catalog_products = Gauge(
             "recsys_catalog_products", "Products in the catalog collection.", registry=registry)
+        self.recommendations = Counter(
+            "recsys_recommendations_total", "Recommendation lists served, by experiment arm (\"none\" without).",
+            ["experiment"], registry=registry)
+        self.feedback = Counter(
+            "recsys_feedback_total", "Views, dismissals and purchases recorded, by the user's experiment arm and kind.",
+            ["experiment", "kind"], registry=registry)
         self.in_flight = Gauge(
             "recsys_in_flight", "Work in progress under an admission limit (requests, image queries).", ["work"],
             registry=registry)

@@ -6,58 +6,81 @@ import copy
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, Reason, Taste, Weights, diversify, rerank, taste_of
+from ranker import (
+    NO_RULES,
+    NO_TASTE,
+    Boost,
+    Candidate,
+    HistoryItem,
+    Ranked,
+    Reason,
+    Rules,
+    Taste,
+    Weights,
+    diversify,
+    rerank,
+    taste_of,
+)
+from ranker.rules import CATEGORY_KEY, key_value
 
 from .admission import Admission
 from .config import Settings
 from .domain import (
+    EVERY_PRODUCT,
+    AttributeValues,
     CatalogItem,
     DeadlineExceeded,
     Feedback,
     InvalidArgument,
     Neighbour,
     NotFound,
+    ProductFilter,
     RecsysError,
     ShopperRecord,
     Unavailable,
 )
+from .experiments import Experiments, label_of
 from .images import preprocess
 from .item_cache import ItemCache
 from .metrics import Metrics
 from .ports import CatalogStore, Embedder, HistoryStore
-from .validation import check_categories, check_id, check_id_count
+from .validation import check_filter, check_id, check_id_count, check_rules
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Maximal marginal relevance re-orders the best this many times the products asked for.
 MMR_POOL_FACTOR = 3
-# The group_by key that groups by category; any other key names an attribute.
-CATEGORY_GROUP = "category"
+# A grouped list whose candidates hold too few groups searches again, without the full groups, at most this often.
+GROUP_SEARCHES = 3
 
 
 @dataclass(frozen=True)
 class RecommendQuery:
-    """What to recommend from: an image, a catalog product, or (neither) the user's history alone."""
+    """What to recommend from (an image, a catalog product, or neither: the user's history alone), which products
+may be recommended, the business rules and diversity of the list, and the experiment arm asked for."""
 
     user_id: str = ""
     image: bytes | None = None
     product_id: str | None = None
     limit: int = 0
-    categories: tuple[str, ...] = ()
+    where: ProductFilter = EVERY_PRODUCT
     diversity: "Diversity | None" = None
+    rules: Rules = NO_RULES
+    experiment: str = ""
 
 
 @dataclass(frozen=True)
 class Diversity:
     """How a list trades score for variety: maximal marginal relevance (None: RANK_MMR_LAMBDA), and at most
-    `max_per_group` items per value of `group_by` ("category" or an attribute name; empty: no grouping)."""
+    `max_per_group` items per value of `group_by` (CATEGORY_KEY or an attribute name; empty: no grouping)."""
 
     mmr_lambda: float | None = None
     group_by: str = ""
@@ -77,14 +100,18 @@ class Recommended:
     category_score: float
     popularity_score: float
     dismissal_score: float
+    rules_score: float
     reasons: tuple[Reason, ...]
 
 
 @dataclass(frozen=True)
 class Recommendations:
+    """A list, the model that embedded it, the stages skipped, and the experiment arm that ranked it."""
+
     items: list[Recommended]
     model: str
     degraded: tuple[str, ...] = field(default=())
+    experiment: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +142,26 @@ class _Shopper:
 _ANONYMOUS = _Shopper(NO_TASTE, [], [], [], set(), ())
 
 
+def boosted_filter(where: ProductFilter, boost: Boost) -> ProductFilter | None:
+    """The products `where` allows that `boost` matches; None when there can be none."""
+    if boost.key != CATEGORY_KEY:
+        return replace(where, attributes=(*where.attributes, AttributeValues(boost.key, tuple(sorted(boost.values)))))
+    categories = tuple(c for c in where.categories if c in boost.values) if where.categories else tuple(boost.values)
+    return replace(where, categories=tuple(sorted(categories))) if categories else None
+
+
+def group_of(key: str, product_id: str, category: str, attributes: Mapping[str, str]) -> str:
+    """A product's diversity group: its value of `key`, or without one a group of its own."""
+    return key_value(key, category, attributes) or f"\0{product_id}"
+
+
+def excluding_groups(where: ProductFilter, key: str, groups: Sequence[str]) -> ProductFilter:
+    """`where` without the products whose value of `key` is one of `groups`."""
+    if key == CATEGORY_KEY:
+        return replace(where, excluded_categories=(*where.excluded_categories, *groups))
+    return replace(where, excluded_attributes=(*where.excluded_attributes, AttributeValues(key, tuple(groups))))
+
+
 class Pipeline:
     """Serves recommendations and view history over injected embedder, catalog and history stores."""
 
@@ -127,6 +174,9 @@ class Pipeline:
         self._metrics = metrics
         self._decode_pool = decode_pool
         self._weights = settings.weights
+        self._experiments = settings.experiments
+        for arm in self._experiments.arms:  # exported from the start, so per-arm rates exist before the first list
+            metrics.recommendations.labels(arm.name)
         self._image_work = Admission("image queries", settings.max_concurrent_images, metrics.in_flight)
         self._items = self._item_cache()
 
@@ -143,6 +193,12 @@ class Pipeline:
         switched._weights = weights
         return switched
 
+    def with_experiments(self, experiments: Experiments) -> "Pipeline":
+        """This pipeline running other experiment arms, sharing everything else."""
+        switched = copy.copy(self)
+        switched._experiments = experiments
+        return switched
+
     def searching_around_the_query_only(self) -> "Pipeline":
         """This pipeline without the searches around the shopper's recent views (RANK_SEARCH_VIEWS 0): what they add
         is measured against it."""
@@ -154,26 +210,38 @@ class Pipeline:
         return ItemCache(self._settings.item_cache_size, self._settings.item_cache_ttl_s)
 
     async def recommend(self, query: RecommendQuery, budget_s: float | None = None) -> Recommendations:
-        """Recommendations for a query within budget_s seconds (capped by the configured request timeout)."""
-        limit = self._limit(query.limit)
-        check_categories(query.categories)
+        """Recommendations for a query within budget_s seconds (capped by the configured request timeout), ranked
+        with the weights of the query's experiment arm."""
+        limit = self._checked(query)
+        arm = self._experiments.arm(query.user_id, query.experiment)
+        ranking = self.with_weights(arm.weights) if arm else self
         budget = min(budget_s or self._settings.request_timeout_s, self._settings.request_timeout_s)
         with self._metrics.stage("total"):
             try:
                 async with asyncio.timeout(budget):
-                    return await self._recommend(query, limit)
+                    result = await ranking._recommend(query, limit)
             except TimeoutError:
                 raise DeadlineExceeded(f"recommendation did not finish within its deadline of {budget:.3f} s") from None
+        self._metrics.recommendations.labels(label_of(arm)).inc()
+        return replace(result, experiment=arm.name if arm else "")
+
+    def _checked(self, query: RecommendQuery) -> int:
+        """The query's list length, after checking its filter and rules."""
+        limit = self._limit(query.limit)
+        check_filter(query.where)
+        check_rules(query.rules)
+        return limit
 
     async def _recommend(self, query: RecommendQuery, limit: int) -> Recommendations:
         diversity = self._diversity(query.diversity)
-        inputs = await self._ranking_inputs(query, self._pool(limit))
+        inputs = await self._ranking_inputs(query, limit, diversity)
         with self._metrics.stage("rerank"):
             ranked = rerank(inputs.candidates, inputs.taste, self._weights, None if diversity else limit)
         if diversity:
             ranked = await self._diversified(ranked, inputs, diversity, limit)
         items = [Recommended(r.product_id, r.category, dict(inputs.attributes[r.product_id]), r.score, r.visual_score,
-                             r.history_score, r.category_score, r.popularity_score, r.dismissal_score, r.reasons)
+                             r.history_score, r.category_score, r.popularity_score, r.dismissal_score, r.rules_score,
+                             r.reasons)
                  for r in ranked]
         for stage in inputs.degraded:
             self._metrics.degraded.labels(stage).inc()
@@ -182,9 +250,7 @@ class Pipeline:
     async def ranking_inputs(self, query: RecommendQuery) -> RankingInputs:
         """The candidates and taste `recommend` ranks for a query, to rank them offline under other weights (the
         evaluation's tuning); popularity is read when this pipeline's popularity weight is not 0."""
-        limit = self._limit(query.limit)
-        check_categories(query.categories)
-        return await self._ranking_inputs(query, self._pool(limit))
+        return await self._ranking_inputs(query, self._checked(query), self._diversity(query.diversity))
 
     def _diversity(self, requested: Diversity | None) -> Diversity | None:
         """The request's diversity with the default lambda filled in, checked; None when it changes nothing."""
@@ -217,16 +283,17 @@ class Pipeline:
             vectors = np.array([found[r.product_id].vector for r in ranked]).reshape(len(ranked), -1)
         groups = None
         if diversity.group_by:
-            groups = [r.category if diversity.group_by == CATEGORY_GROUP else
-                      inputs.attributes[r.product_id].get(diversity.group_by, f"\0{r.product_id}") for r in ranked]
+            groups = [group_of(diversity.group_by, r.product_id, r.category, inputs.attributes[r.product_id])
+                      for r in ranked]
         return diversify(ranked, limit, vectors, mmr_lambda, groups, diversity.max_per_group)
 
     def _pool(self, limit: int) -> int:
         """How many products the visual search returns for a list of `limit`."""
         return max(limit * self._settings.oversample, self._settings.min_candidates)
 
-    async def _ranking_inputs(self, query: RecommendQuery, pool: int) -> RankingInputs:
-        await self._check_categories_exist(query.categories)
+    async def _ranking_inputs(self, query: RecommendQuery, limit: int, diversity: Diversity | None) -> RankingInputs:
+        pool = self._pool(limit)
+        await self._check_categories_exist(query.where.categories)
         queried_product = query.product_id if query.image is None else None
         queried = {check_id("product_id", queried_product)} if queried_product is not None else set()
         history_only = query.image is None and query.product_id is None
@@ -236,7 +303,7 @@ class Pipeline:
             nonlocal shopper_task
             if query.user_id:
                 shopper_task = asyncio.create_task(
-                    self._shopper(query.user_id, pool, query.categories, queried, history_only))
+                    self._shopper(query.user_id, pool, query.where, queried, history_only))
         try:
             vector = await self._query_vector(query, start_shopper)
             shopper = await shopper_task if shopper_task else _ANONYMOUS
@@ -252,21 +319,46 @@ class Pipeline:
                                       "or a user_id that has recorded views")
             vector, visual_hits, view_hits = shopper.taste.vector, shopper.hits[0], shopper.hits[1:]
         else:
-            visual_hits = await self._search(vector, pool, query.categories, queried | shopper.excluded)
+            visual_hits = await self._search(vector, pool, query.where, queried | shopper.excluded)
+        for boosted in filter(None, (boosted_filter(query.where, boost) for boost in query.rules.boosts
+                                     if boost.weight > 0)):  # the boosted products nearest the query compete too
+            visual_hits = visual_hits + await self._search(vector, pool, boosted, queried | shopper.excluded)
+        if diversity and diversity.group_by:
+            visual_hits = await self._more_groups(vector, limit, query.where, diversity, visual_hits,
+                                                  queried | shopper.excluded)
         items = {hit.item.product_id: hit.item for hits in [visual_hits, *view_hits] for hit in hits}
         (visual, to_views, to_dismissed), (popularity, popularity_degraded) = await asyncio.gather(
             self._similarities_to(vector, visual_hits, shopper, list(items)),
             self._popularity(list(items), bool(shopper.taste.viewed)))
-        candidates = []
+        candidates, now_s = [], time.time()
         for product_id, item in items.items():
             view_similarities = tuple(answer[product_id] for answer in to_views if product_id in answer)
             if product_id not in visual or len(view_similarities) != len(to_views):
                 continue  # deleted between the searches
             dismissal = max((answer.get(product_id, -1.0) for answer in to_dismissed), default=-1.0)
             candidates.append(Candidate(product_id, item.category, visual[product_id], view_similarities,
-                                        item.neighbour_similarity, dismissal, popularity[product_id]))
+                                        item.neighbour_similarity, dismissal, popularity[product_id],
+                                        query.rules.scores(item.category, item.attributes, now_s)))
         attributes = {product_id: item.attributes for product_id, item in items.items()}
         return RankingInputs(candidates, shopper.taste, attributes, shopper.degraded + popularity_degraded)
+
+    async def _more_groups(self, vector: np.ndarray, limit: int, where: ProductFilter, diversity: Diversity,
+                           hits: list[Neighbour], excluded: set[str]) -> list[Neighbour]:
+        """`hits` and, while their groups cannot fill a list of `limit` under the group cap, at most GROUP_SEARCHES
+        more searches that leave out the groups already full (Qdrant's grouped search does the same)."""
+        for _ in range(GROUP_SEARCHES):
+            counts = Counter(group_of(diversity.group_by, hit.item.product_id, hit.item.category, hit.item.attributes)
+                             for hit in hits)
+            if sum(min(count, diversity.max_per_group) for count in counts.values()) >= limit:
+                break
+            full = sorted(group for group, count in counts.items()
+                          if count >= diversity.max_per_group and not group.startswith("\0"))
+            more = await self._search(vector, self._pool(limit), excluding_groups(where, diversity.group_by, full),
+                                      excluded | {hit.item.product_id for hit in hits})
+            if not more:
+                break
+            hits = hits + more
+        return hits
 
     def _limit(self, requested: int) -> int:
         if requested == 0:
@@ -329,7 +421,7 @@ class Pipeline:
                 log.warning("history skipped: %s", error or "timed out")
                 return ShopperRecord([], []), ("history",)
 
-    async def _shopper(self, user_id: str, pool: int, categories: Sequence[str], queried: set[str],
+    async def _shopper(self, user_id: str, pool: int, where: ProductFilter, queried: set[str],
                        history_only: bool) -> _Shopper:
         """The shopper's taste and the searches around their recent views (read while the query image is
         embedded): RANK_SEARCH_VIEWS of the most recent views other than the queried product, RANK_VIEW_POOL
@@ -348,8 +440,8 @@ class Pipeline:
                     if view.product_id not in queried][:self._settings.rank_search_views]
         hits = []
         if history_only and taste.vector is not None:
-            hits = await self._search_batch([taste.vector], pool, categories, queried | excluded)
-        hits += await self._search_batch(searched, self._settings.rank_view_pool, categories, queried | excluded)
+            hits = await self._search_batch([taste.vector], pool, where, queried | excluded)
+        hits += await self._search_batch(searched, self._settings.rank_view_pool, where, queried | excluded)
         return _Shopper(taste, [view_vectors[view.product_id] for view in taste.views],
                         [item.vector for item in dismissed], hits, excluded, degraded)
 
@@ -400,17 +492,17 @@ class Pipeline:
         views = len(shopper.view_vectors)
         return visual | answers[0], answers[1:1 + views], answers[1 + views:]
 
-    async def _search(self, vector: np.ndarray, limit: int, categories: Sequence[str],
+    async def _search(self, vector: np.ndarray, limit: int, where: ProductFilter,
                       exclude: set[str]) -> list[Neighbour]:
-        return (await self._search_batch([vector], limit, categories, exclude))[0]
+        return (await self._search_batch([vector], limit, where, exclude))[0]
 
-    async def _search_batch(self, vectors: Sequence[np.ndarray], limit: int, categories: Sequence[str],
+    async def _search_batch(self, vectors: Sequence[np.ndarray], limit: int, where: ProductFilter,
                             exclude: set[str]) -> list[list[Neighbour]]:
         if not vectors:
             return []
         with self._metrics.stage("search"):
             return await self._within("catalog search", self._settings.search_timeout_s,
-                                      self.catalog.search_batch(vectors, limit, categories, sorted(exclude)))
+                                      self.catalog.search_batch(vectors, limit, where, sorted(exclude)))
 
     @staticmethod
     async def _within(what: str, timeout_s: float, work: Awaitable[T]) -> T:
@@ -425,6 +517,7 @@ class Pipeline:
         check_id("user_id", user_id)
         await self._product(check_id("product_id", product_id))
         await self.history.record(user_id, product_id, int(time.time() * 1000), feedback)
+        self._metrics.feedback.labels(label_of(self._experiments.assigned(user_id)), feedback.value).inc()
 
     async def shopper_record(self, user_id: str) -> ShopperRecord:
         """The user's recent views and dismissals, newest first."""

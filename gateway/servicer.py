@@ -4,11 +4,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from ranker import ReasonKind
+from ranker import Boost, ReasonKind, RecencyDecay, Rules
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
-from .domain import Feedback, InvalidArgument, View
+from .domain import AttributeRange, AttributeValues, Feedback, InvalidArgument, ProductFilter, View
 from .images import THUMBNAIL_TYPE
 from .indexer import Indexer, IndexReport, NewProduct
 from .pipeline import Diversity, Pipeline, RecommendQuery
@@ -33,22 +33,26 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             image=request.image if which == "image" else None,
             product_id=request.product_id if which == "product_id" else None,
             limit=request.limit,
-            categories=tuple(request.filter.categories),
+            where=filter_of(request.filter),
             diversity=diversity_of(request.diversity) if request.HasField("diversity") else None,
+            rules=rules_of(request),
+            experiment=request.experiment,
         )
         result = await self._pipeline.recommend(query, context.time_remaining())
         return pb.RecommendResponse(
             items=[pb.Recommendation(product_id=item.product_id, category=item.category, score=item.score,
                                      visual_score=item.visual_score, history_score=item.history_score,
                                      category_score=item.category_score, popularity_score=item.popularity_score,
-                                     dismissal_score=item.dismissal_score, attributes=item.attributes,
+                                     dismissal_score=item.dismissal_score, rules_score=item.rules_score,
+                                     attributes=item.attributes,
                                      reasons=[pb.Reason(kind=REASON_KIND_OF[reason.kind],
                                                         contribution=reason.contribution,
-                                                        product_id=reason.product_id)
+                                                        product_id=reason.product_id, rule=reason.rule)
                                               for reason in item.reasons])
                    for item in result.items],
             model=result.model,
             degraded=list(result.degraded),
+            experiment=result.experiment,
         )
 
     async def RecordView(self, request: pb.RecordViewRequest, context: grpc.aio.ServicerContext
@@ -84,6 +88,23 @@ def diversity_of(message: pb.Diversity) -> Diversity:
     """The request's diversity; an unset mmr_lambda leaves the server's default."""
     return Diversity(message.mmr_lambda if message.HasField("mmr_lambda") else None, message.group_by,
                      message.max_per_group)
+
+
+def filter_of(message: pb.Filter) -> ProductFilter:
+    """The request's filter; an unset bound of a range is None."""
+    return ProductFilter(
+        tuple(message.categories),
+        tuple(AttributeValues(each.name, tuple(each.values)) for each in message.attributes),
+        tuple(AttributeRange(each.name, each.min if each.HasField("min") else None,
+                             each.max if each.HasField("max") else None) for each in message.ranges))
+
+
+def rules_of(request: pb.RecommendRequest) -> Rules:
+    """The request's boosts and recency decay."""
+    decay = request.recency_decay
+    return Rules(tuple(Boost(each.rule, each.key, frozenset(each.values), each.weight) for each in request.boosts),
+                 RecencyDecay(decay.rule, decay.attribute, decay.half_life_days, decay.weight)
+                 if request.HasField("recency_decay") else None)
 
 
 FEEDBACK_OF = {pb.FEEDBACK_KIND_VIEW: Feedback.VIEW, pb.FEEDBACK_KIND_DISMISS: Feedback.DISMISS,

@@ -17,9 +17,10 @@ Each candidate gets five score parts:
   similarity ``near_duplicate``, rising linearly to 1 at similarity 1;
 
 and ``score = visual * visual_score + history * history_score + category * category_score
-+ popularity * popularity_score - dismissed * dismissal_score`` with the weights of :class:`Weights`. The view at
-position ``p`` (0 = most recent) has the recency weight ``0.5 ** (p / half_life_views)``; the weights of a
-history are normalised to sum 1. With an empty history the history and category parts are 0; with popularity 0
++ popularity * popularity_score - dismissed * dismissal_score + rules_score`` with the weights of :class:`Weights`,
+``rules_score`` being the sum of what the request's business rules add to the candidate (:mod:`ranker.rules`).
+The view at position ``p`` (0 = most recent) has the recency weight ``0.5 ** (p / half_life_views)``; the weights
+of a history are normalised to sum 1. With an empty history the history and category parts are 0; with popularity 0
 as well the order is the visual order. Each ranked product carries its :class:`Reason` codes.
 """
 
@@ -30,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from ranker.rules import RuleScore
 
 # Below this length the recency-weighted mean of unit vectors is rounding noise: the views cancel out.
 _MIN_MEAN_LENGTH = 1e-9
@@ -47,6 +50,7 @@ class Candidate:
         neighbour_similarity: mean cosine similarity to its nearest catalog neighbours (0 when unknown).
         dismissal_similarity: highest cosine similarity to a product the shopper dismissed (-1 without).
         popularity: how much all shoppers viewed it (0..1).
+        rule_scores: what each business rule of the request adds to its score.
     """
 
     product_id: str
@@ -56,6 +60,7 @@ class Candidate:
     neighbour_similarity: float = 0.0
     dismissal_similarity: float = -1.0
     popularity: float = 0.0
+    rule_scores: Sequence[RuleScore] = ()
 
 
 @dataclass(frozen=True)
@@ -152,22 +157,24 @@ class ReasonKind(enum.Enum):
     VIEWED_CATEGORY = "viewed_category"
     POPULAR = "popular"
     DIVERSITY = "diversity"
+    BOOSTED = "boosted"
 
 
 @dataclass(frozen=True)
 class Reason:
     """One reason, with its weighted contribution to the score; ``product_id`` is the viewed product behind a
-    SIMILAR_TO_VIEWED reason (empty otherwise)."""
+    SIMILAR_TO_VIEWED reason, ``rule`` the business rule behind a BOOSTED one (each empty otherwise)."""
 
     kind: ReasonKind
     contribution: float
     product_id: str = ""
+    rule: str = ""
 
 
 @dataclass(frozen=True)
 class Ranked:
-    """A ranked product with its total score, the parts it is made of (before weighting) and its reasons, the
-    largest contribution first."""
+    """A ranked product with its total score, the parts it is made of (before weighting; ``rules_score``: what the
+    business rules add) and its reasons, the largest contribution first."""
 
     product_id: str
     category: str
@@ -177,6 +184,7 @@ class Ranked:
     category_score: float
     popularity_score: float
     dismissal_score: float
+    rules_score: float
     reasons: tuple[Reason, ...]
 
 
@@ -197,19 +205,20 @@ def rerank(candidates: Sequence[Candidate], taste: Taste = NO_TASTE, weights: We
         shares[view.category] = shares.get(view.category, 0.0) + float(weight)
     history_scores, closest_views = _history_scores(kept, recency, weights.history_temperature)
     parts = [(c.visual_score, history_score, shares.get(c.category, 0.0), c.popularity,
-              _dismissal_score(c.dismissal_similarity, weights.near_duplicate))
+              _dismissal_score(c.dismissal_similarity, weights.near_duplicate),
+              sum(rule.contribution for rule in c.rule_scores))
              for c, history_score in zip(kept, history_scores, strict=True)]
     scores = [weights.visual * visual + weights.history * history + weights.category * category
-              + weights.popularity * popularity - weights.dismissed * dismissal
-              for visual, history, category, popularity, dismissal in parts]
+              + weights.popularity * popularity - weights.dismissed * dismissal + rules
+              for visual, history, category, popularity, dismissal, rules in parts]
     order = sorted(range(len(kept)), key=lambda i: (-scores[i], -kept[i].visual_score, kept[i].product_id))
     ranked = []
     for i in order[:limit]:  # only the returned candidates become Ranked: most of a pool is cut
-        visual, history, category, popularity, dismissal = parts[i]
+        visual, history, category, popularity, dismissal, rules = parts[i]
         closest = taste.views[closest_views[i]].product_id if taste.views else ""
-        reasons = _reasons(weights, visual, history, category, popularity, closest)
+        reasons = _reasons(weights, visual, history, category, popularity, closest, kept[i].rule_scores)
         ranked.append(Ranked(kept[i].product_id, kept[i].category, scores[i], visual, history, category, popularity,
-                             dismissal, reasons))
+                             dismissal, rules, reasons))
     return ranked
 
 
@@ -307,15 +316,16 @@ def _dismissal_score(similarity: float, near_duplicate: float) -> float:
 
 
 def _reasons(weights: Weights, visual: float, history: float, category: float, popularity: float,
-             closest_view: str) -> tuple[Reason, ...]:
-    """The weighted parts of at least REASON_MIN_CONTRIBUTION, largest first; the visual similarity always."""
+             closest_view: str, rule_scores: Sequence[RuleScore]) -> tuple[Reason, ...]:
+    """The weighted parts and rules of at least REASON_MIN_CONTRIBUTION, largest first; the visual similarity
+    always."""
     reasons = [Reason(ReasonKind.VISUALLY_SIMILAR, weights.visual * visual)]
-    for kind, contribution, product_id in (
-            (ReasonKind.SIMILAR_TO_VIEWED, weights.history * history, closest_view),
-            (ReasonKind.VIEWED_CATEGORY, weights.category * category, ""),
-            (ReasonKind.POPULAR, weights.popularity * popularity, "")):
-        if contribution >= REASON_MIN_CONTRIBUTION:
-            reasons.append(Reason(kind, contribution, product_id))
+    for reason in (Reason(ReasonKind.SIMILAR_TO_VIEWED, weights.history * history, closest_view),
+                   Reason(ReasonKind.VIEWED_CATEGORY, weights.category * category),
+                   Reason(ReasonKind.POPULAR, weights.popularity * popularity),
+                   *(Reason(ReasonKind.BOOSTED, rule.contribution, rule=rule.rule) for rule in rule_scores)):
+        if reason.contribution >= REASON_MIN_CONTRIBUTION:
+            reasons.append(reason)
     return tuple(sorted(reasons, key=lambda reason: -reason.contribution))
 
 
@@ -349,6 +359,8 @@ def _validate(candidates: Sequence[Candidate], views: int) -> None:
         for name in ("visual_score", "neighbour_similarity", "dismissal_similarity"):
             if not math.isfinite(getattr(c, name)):
                 raise ValueError(f"candidate {c.product_id}: {name} must be finite, got {getattr(c, name)!r}")
+        if not all(math.isfinite(rule.contribution) for rule in c.rule_scores):
+            raise ValueError(f"candidate {c.product_id}: rule scores must be finite")
         if len(c.view_similarities) != views:
             raise ValueError(f"candidate {c.product_id}: {len(c.view_similarities)} view similarities for "
                              f"{views} views")

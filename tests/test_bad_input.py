@@ -3,12 +3,14 @@ and the server keeps serving with bounded memory."""
 
 import ctypes
 import itertools
+import math
 import statistics
 import struct
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -92,12 +94,28 @@ class Case:
     says: str
 
 
-def recommend(*, image: bytes | None = None, product_id: str | None = None, user_id: str | None = None,
-              limit: int | None = None, filter: pb.Filter | None = None
-              ) -> Callable[[grpc.aio.Channel], Awaitable[pb.RecommendResponse]]:
+def recommend(**fields: Any) -> Callable[[grpc.aio.Channel], Awaitable[pb.RecommendResponse]]:
     """A Recommend call with the fields given (None leaves a field unset)."""
-    request = pb.RecommendRequest(image=image, product_id=product_id, user_id=user_id, limit=limit, filter=filter)
+    request = pb.RecommendRequest(**fields)
     return lambda channel: pb_grpc.RecommenderStub(channel).Recommend(request, timeout=10)
+
+
+def ranked(**fields: Any) -> Callable[[grpc.aio.Channel], Awaitable[pb.RecommendResponse]]:
+    """A Recommend of a known product with the fields given: what its diversity, filter and rules may hold."""
+    return recommend(product_id=KNOWN_PRODUCT, **fields)
+
+
+def boost(rule: str = "promo", key: str = "category", values: Sequence[str] = ("Bag",), weight: float = 0.5
+          ) -> pb.Boost:
+    return pb.Boost(rule=rule, key=key, values=values, weight=weight)
+
+
+def decay(attribute: str = "released", half_life_days: float = 30, weight: float = 0.5) -> pb.RecencyDecay:
+    return pb.RecencyDecay(rule="new-in", attribute=attribute, half_life_days=half_life_days, weight=weight)
+
+
+def in_range(name: str = "price", **bounds: float) -> pb.Filter:
+    return pb.Filter(ranges=[pb.AttributeRange(name=name, **bounds)])
 
 
 def image(data: bytes) -> Callable[[grpc.aio.Channel], Awaitable[pb.RecommendResponse]]:
@@ -196,6 +214,53 @@ CASES: dict[str, Case] = {
     "filter: too many categories": Case(
         recommend(product_id=KNOWN_PRODUCT, filter=pb.Filter(categories=["Bag"] * (MAX_FILTER_CATEGORIES + 1))),
         INVALID, "the limit is 100"),
+    "diversity: mmr_lambda 0": Case(ranked(diversity=pb.Diversity(mmr_lambda=0)), INVALID,
+                                    "diversity.mmr_lambda is 0.0; it must be in 0..1, 0 excluded"),
+    "diversity: mmr_lambda 1.5": Case(ranked(diversity=pb.Diversity(mmr_lambda=1.5)), INVALID, "it must be in 0..1"),
+    "diversity: mmr_lambda NaN": Case(ranked(diversity=pb.Diversity(mmr_lambda=math.nan)), INVALID,
+                                      "it must be in 0..1"),
+    "diversity: max_per_group without group_by": Case(ranked(diversity=pb.Diversity(max_per_group=2)), INVALID,
+                                                      "max_per_group needs diversity.group_by"),
+    "diversity: max_per_group 101": Case(ranked(diversity=pb.Diversity(group_by="category", max_per_group=101)),
+                                         INVALID, "max_per_group is 101; the maximum is 100"),
+    "diversity: group_by with a NUL": Case(ranked(diversity=pb.Diversity(group_by="col\x00our")), INVALID,
+                                           "diversity.group_by contains control or non-printable"),
+    "filter: attribute without values": Case(
+        ranked(filter=pb.Filter(attributes=[pb.AttributeValues(name="in_stock")])), INVALID,
+        "filter.attributes[0].values is empty"),
+    "filter: attribute name with a double quote": Case(
+        ranked(filter=pb.Filter(attributes=[pb.AttributeValues(name='a"b', values=["x"])])), INVALID,
+        "contains a double quote or a backslash"),
+    "filter: 17 attribute conditions": Case(
+        ranked(filter=pb.Filter(attributes=[pb.AttributeValues(name=f"a{i}", values=["x"]) for i in range(17)])),
+        INVALID, "filter.attributes lists 17 values; the limit is 16"),
+    "filter: attribute value over 1024 characters": Case(
+        ranked(filter=pb.Filter(attributes=[pb.AttributeValues(name="colour", values=["x" * 1025])])), INVALID,
+        "filter.attributes[0].values has a value 1025 characters long"),
+    "filter: range without bounds": Case(ranked(filter=in_range()), INVALID,
+                                         "filter.ranges[0] sets neither min nor max"),
+    "filter: range with min above max": Case(ranked(filter=in_range(min=50, max=10)), INVALID,
+                                             "min 50.0 is above max 10.0"),
+    "filter: range to infinity": Case(ranked(filter=in_range(max=math.inf)), INVALID, "not a finite number"),
+    "filter: range of an empty name": Case(ranked(filter=in_range("", min=1)), INVALID,
+                                           "filter.ranges[0].name is empty"),
+    "boosts: weight 0": Case(ranked(boosts=[boost(weight=0)]), INVALID, "boosts[0].weight is 0.0"),
+    "boosts: weight 11": Case(ranked(boosts=[boost(), boost(weight=11)]), INVALID,
+                              "boosts[1].weight is 11.0; it must be a number other than 0 in -10..10"),
+    "boosts: NaN weight": Case(ranked(boosts=[boost(weight=math.nan)]), INVALID, "boosts[0].weight is nan"),
+    "boosts: empty rule name": Case(ranked(boosts=[boost(rule="")]), INVALID, "boosts[0].rule is empty"),
+    "boosts: empty key": Case(ranked(boosts=[boost(key="")]), INVALID, "boosts[0].key is empty"),
+    "boosts: no values": Case(ranked(boosts=[boost(values=())]), INVALID, "boosts[0].values is empty"),
+    "boosts: 17 rules": Case(ranked(boosts=[boost(f"r{i}") for i in range(17)]), INVALID,
+                             "boosts lists 17 values; the limit is 16"),
+    "recency_decay: half-life 0": Case(ranked(recency_decay=decay(half_life_days=0)), INVALID,
+                                       "recency_decay.half_life_days is 0.0; it must be above 0"),
+    "recency_decay: negative weight": Case(ranked(recency_decay=decay(weight=-1)), INVALID,
+                                           "recency_decay.weight is -1.0; it must be a number other than 0 in 0..10"),
+    "recency_decay: empty attribute": Case(ranked(recency_decay=decay(attribute="")), INVALID,
+                                           "recency_decay.attribute is empty"),
+    "experiment: not configured": Case(ranked(experiment="b"), INVALID,
+                                       "experiment 'b' is not configured; the arms are none"),
     "RecordView: unknown product": Case(record_view("u1", "no-such-product"), NOT_FOUND, "not in the catalog"),
     "RecordView: empty product_id": Case(record_view("u1", ""), INVALID, "product_id is empty"),
     "RecordView: empty user_id": Case(record_view("", KNOWN_PRODUCT), INVALID, "user_id is empty"),

@@ -14,9 +14,20 @@ from qdrant_client import AsyncQdrantClient, models
 
 from gateway.catalog import CatalogStore, EdgeCatalog, QdrantClientCatalog
 from gateway.catalog.edge import MODEL_FILE
+from gateway.catalog.store import numeric_attributes
 from gateway.composition import Components
 from gateway.config import Settings
-from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, ModelInfo, Unavailable
+from gateway.domain import (
+    EVERY_PRODUCT,
+    AttributeRange,
+    AttributeValues,
+    CatalogItem,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelInfo,
+    ProductFilter,
+    Unavailable,
+)
 from gateway.images import ImageLimits
 from gateway.indexer import NEIGHBOURS, Indexer
 from gateway.metrics import Metrics
@@ -43,7 +54,9 @@ def clustered_items(count: int, seed: int = 0) -> list[CatalogItem]:
                 product_id=f"sku-{index:05d}",
                 category=CATEGORIES[cluster],
                 vector=(vector / np.linalg.norm(vector)).astype(np.float32),
-                attributes={"colour": ("black", "red", "blue")[index % 3], "size": str(36 + index % 8)},
+                attributes={"colour": ("black", "red", "blue")[index % 3], "size": str(36 + index % 8),
+                            "price": "n/a" if index % 7 == 0 else f"{index % 50}.5",
+                            "size.eu": str(36 + index % 5)},
             )
         )
     return items
@@ -55,18 +68,40 @@ QUERIES = [
     for seed, item in enumerate(ITEMS[:6])
 ]
 
-FILTERS = [((), ()), (("boots", "coats"), ()), ((), ("sku-00000", "sku-00006"))]
+FILTERS = [
+    (EVERY_PRODUCT, ()),
+    (ProductFilter(("boots", "coats")), ()),
+    (EVERY_PRODUCT, ("sku-00000", "sku-00006")),
+    (ProductFilter(attributes=(AttributeValues("colour", ("red", "blue")), AttributeValues("size.eu", ("38",)))), ()),
+    (ProductFilter(("bags",), ranges=(AttributeRange("price", 10.0, 30.5),)), ()),
+    (ProductFilter(ranges=(AttributeRange("price", maximum=20.0), AttributeRange("size", minimum=40))), ("sku-00001",)),
+    (ProductFilter(excluded_categories=("boots", "bags"), excluded_attributes=(AttributeValues("colour", ("red",)),)),
+     ("sku-00002",)),
+]
+
+
+def passes(item: CatalogItem, where: ProductFilter) -> bool:
+    """Whether a filter keeps an item, by its definition: a category among its categories, every attribute value
+    condition met, every numeric range met by the attribute read as a number, no excluded category or value."""
+    numbers = numeric_attributes(item.attributes)
+    return ((not where.categories or item.category in where.categories)
+            and item.category not in where.excluded_categories
+            and not any(item.attributes.get(each.name) in each.values for each in where.excluded_attributes)
+            and all(item.attributes.get(each.name) in each.values for each in where.attributes)
+            and all(each.name in numbers
+                    and (each.minimum is None or numbers[each.name] >= each.minimum)
+                    and (each.maximum is None or numbers[each.name] <= each.maximum) for each in where.ranges))
 
 
 def exact_ranking(
     items: Sequence[CatalogItem],
     query: np.ndarray,
     limit: int,
-    categories: Sequence[str] = (),
+    where: ProductFilter = EVERY_PRODUCT,
     exclude_ids: Sequence[str] = (),
 ) -> list[tuple[str, float]]:
     """(product id, cosine similarity) of the best `limit` items, by brute force."""
-    kept = [item for item in items if (not categories or item.category in categories)]
+    kept = [item for item in items if passes(item, where)]
     kept = [item for item in kept if item.product_id not in exclude_ids]
     vectors = np.stack([item.vector / np.linalg.norm(item.vector) for item in kept])
     scores = vectors @ (query / np.linalg.norm(query))
@@ -78,10 +113,10 @@ async def ranking(
     store: CatalogStore,
     query: np.ndarray,
     limit: int,
-    categories: Sequence[str] = (),
+    where: ProductFilter = EVERY_PRODUCT,
     exclude_ids: Sequence[str] = (),
 ) -> list[tuple[str, float]]:
-    hits = await store.search(query, limit, categories=categories, exclude_ids=exclude_ids)
+    hits = await store.search(query, limit, where, exclude_ids=exclude_ids)
     return [(hit.item.product_id, hit.score) for hit in hits]
 
 
@@ -160,11 +195,10 @@ async def test_backends_return_the_same_neighbours(tmp_path: Path) -> None:
     client = await opened(QdrantClientCatalog(AsyncQdrantClient(location=":memory:")))
     try:
         for query in QUERIES:
-            for categories, exclude_ids in FILTERS:
-                assert_same_ranking(
-                    await ranking(edge, query, 15, categories, exclude_ids),
-                    await ranking(client, query, 15, categories, exclude_ids),
-                )
+            for where, exclude_ids in FILTERS:
+                expected = exact_ranking(ITEMS, query, 15, where, exclude_ids)
+                assert_same_ranking(await ranking(edge, query, 15, where, exclude_ids), expected)
+                assert_same_ranking(await ranking(client, query, 15, where, exclude_ids), expected)
     finally:
         await edge.close()
         await client.close()
@@ -181,10 +215,10 @@ async def test_upsert_is_idempotent_and_the_latest_write_wins(store: CatalogStor
 
 
 async def test_category_filter_keeps_only_those_categories(loaded: CatalogStore) -> None:
-    categories = ("boots", "sandals")
-    hits = await loaded.search(QUERIES[0], 20, categories=categories)
-    assert {hit.item.category for hit in hits} == set(categories)
-    expected = exact_ranking(ITEMS, QUERIES[0], 20, categories=categories)
+    where = ProductFilter(("boots", "sandals"))
+    hits = await loaded.search(QUERIES[0], 20, where)
+    assert {hit.item.category for hit in hits} == set(where.categories)
+    expected = exact_ranking(ITEMS, QUERIES[0], 20, where)
     assert_same_ranking([(hit.item.product_id, hit.score) for hit in hits], expected)
 
 
@@ -313,9 +347,9 @@ async def test_edge_search_above_the_exact_threshold_uses_hnsw_and_finds_the_nea
         found = total = 0
         for index, item in enumerate(items[:20]):
             query = item.vector + 0.3 * np.random.default_rng(index).normal(size=DIM).astype(np.float32)
-            categories = (item.category,) if index % 2 else ()
-            expected = {product_id for product_id, _ in exact_ranking(items, query, 10, categories)}
-            hits = await catalog.search(query, 10, categories=categories)
+            where = ProductFilter((item.category,)) if index % 2 else EVERY_PRODUCT
+            expected = {product_id for product_id, _ in exact_ranking(items, query, 10, where)}
+            hits = await catalog.search(query, 10, where)
             found += len(expected & {hit.item.product_id for hit in hits})
             total += len(expected)
         assert found / total >= 0.95
@@ -404,11 +438,12 @@ async def test_a_qdrant_url_that_never_answers_times_out_as_unavailable(tmp_path
 
 async def test_a_batch_search_answers_each_query_as_a_search_under_the_same_filter(loaded: CatalogStore) -> None:
     excluded = [ITEMS[0].product_id, ITEMS[7].product_id]
-    batch = await loaded.search_batch(QUERIES[:3], 8, categories=("bags", "boots"), exclude_ids=excluded)
+    where = ProductFilter(("bags", "boots"))
+    batch = await loaded.search_batch(QUERIES[:3], 8, where, exclude_ids=excluded)
     assert len(batch) == 3
     for query, hits in zip(QUERIES[:3], batch, strict=True):
         assert_same_ranking([(hit.item.product_id, hit.score) for hit in hits],
-                            exact_ranking(ITEMS, query, 8, ("bags", "boots"), excluded))
+                            exact_ranking(ITEMS, query, 8, where, excluded))
     assert await loaded.search_batch([], 8) == []
 
 
@@ -440,3 +475,9 @@ class EmbedderNotUsed:
 
     async def close(self) -> None:
         pass
+
+
+def test_only_finite_decimal_attributes_are_stored_as_numbers() -> None:
+    attributes = {"price": "19.99", "delta": "-3", "big": "1e3", "half": ".5", "sku": "n/a", "not a number": "nan",
+                  "endless": "inf", "grouped": "1_000", "padded": " 5", "hex": "0x10", "empty": ""}
+    assert numeric_attributes(attributes) == {"price": 19.99, "delta": -3.0, "big": 1000.0, "half": 0.5}

@@ -7,8 +7,11 @@ import json
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -22,6 +25,7 @@ from catalog_sources.fashion_mnist import load_split
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import Feedback, ModelInfo, ShopperRecord, Unavailable, View
+from gateway.experiments import Arm, Experiments
 from gateway.history import RedisHistory
 from gateway.pipeline import Pipeline, RecommendQuery
 from gateway.serving import Serving
@@ -313,6 +317,132 @@ async def test_every_item_says_why_it_is_there(recommender, catalog_ids_by_categ
                 assert reason.contribution == pytest.approx(item.history_score, abs=1e-5)
     kinds = {reason.kind for item in personal for reason in item.reasons}
     assert pb.REASON_KIND_VIEWED_CATEGORY in kinds, "three sandals viewed: the sandals say so"
+
+
+RULE_PRODUCTS = 8
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+async def dated_products(channel, test_split) -> AsyncIterator[dict[str, dict[str, str]]]:
+    """Products of their own category whose attributes the filters and rules read: stock, price and a date."""
+    catalog = pb_grpc.CatalogStub(channel)
+    attributes = {f"ruled-{number}": {"in_stock": "true" if number % 2 else "false", "price": f"{5 + 10 * number}",
+                                      "released": (NOW - timedelta(days=30 * number)).isoformat()}
+                  for number in range(RULE_PRODUCTS)}
+    attributes["ruled-7"] = {"in_stock": "true", "price": "n/a"}
+
+    async def stream():
+        for number, (product_id, values) in enumerate(attributes.items()):
+            yield pb.Product(product_id=product_id, image=png(test_split.images[40 + number]), category="Ruled",
+                             attributes=values)
+
+    assert (await catalog.UpsertProducts(stream(), timeout=30)).upserted == RULE_PRODUCTS
+    yield attributes
+    await catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=list(attributes)), timeout=5)
+
+
+async def test_attribute_and_range_filters_keep_only_the_products_that_pass(recommender, test_split, dated_products):
+    where = pb.Filter(categories=["Ruled"], attributes=[pb.AttributeValues(name="in_stock", values=["true"])],
+                      ranges=[pb.AttributeRange(name="price", min=10, max=60)])
+    response = await recommend(recommender, image=png(test_split.images[40]), limit=20, filter=where)
+    assert {item.product_id for item in response.items} == {"ruled-1", "ruled-3", "ruled-5"}, \
+        "in stock (odd numbers), priced 10 to 60"
+    assert "ruled-1" in dated_products
+    above = await recommend(recommender, image=png(test_split.images[40]), limit=20,
+                            filter=pb.Filter(categories=["Ruled"], ranges=[pb.AttributeRange(name="price", min=50)]))
+    assert {item.product_id for item in above.items} == {"ruled-5", "ruled-6"}, "an open range; 'n/a' is no number"
+
+
+async def test_a_boost_lifts_its_products_with_a_reason_and_a_bury_sinks_them(recommender, test_split):
+    query = png(test_split.images[0])
+    plain = (await recommend(recommender, image=query, limit=10)).items
+    category = plain[0].category
+    other = next(c for c in ("Bag", "Sandal", "Coat") if c != category)
+    boost = pb.Boost(rule="promote-" + other.lower(), key="category", values=[other], weight=2)
+    boosted = (await recommend(recommender, image=query, limit=10, boosts=[boost])).items
+    assert {item.category for item in boosted} == {other}
+    for item in boosted:
+        assert item.rules_score == pytest.approx(2.0)
+        assert item.score == pytest.approx(item.visual_score + 2.0, abs=1e-5)
+        assert (pb.REASON_KIND_BOOSTED, boost.rule) in [(reason.kind, reason.rule) for reason in item.reasons]
+    bury = pb.Boost(rule="bury", key="category", values=[category], weight=-2)
+    buried = (await recommend(recommender, image=query, limit=10, boosts=[bury])).items
+    assert category not in {item.category for item in buried}
+    assert all(reason.kind != pb.REASON_KIND_BOOSTED for item in buried for reason in item.reasons)
+
+
+async def test_a_recency_decay_lifts_recent_products_by_their_age(recommender, test_split, dated_products):
+    decay = pb.RecencyDecay(rule="new-in", attribute="released", half_life_days=30, weight=0.5)
+    items = (await recommend(recommender, image=png(test_split.images[40]), limit=RULE_PRODUCTS,
+                             filter=pb.Filter(categories=["Ruled"]), recency_decay=decay)).items
+    assert len(items) == RULE_PRODUCTS
+    for item in items:
+        released = dated_products[item.product_id].get("released")
+        age_days = (datetime.now(UTC) - datetime.fromisoformat(released)).total_seconds() / 86400 if released else None
+        expected = 0.5 * 0.5 ** (age_days / 30) if age_days is not None else 0.0
+        assert item.rules_score == pytest.approx(expected, abs=1e-3), item.product_id
+        assert (pb.REASON_KIND_BOOSTED in [reason.kind for reason in item.reasons]) == (expected >= 0.05)
+
+
+async def test_diversity_caps_each_group_and_mmr_spreads_the_list(recommender, test_split):
+    query = png(test_split.images[1])
+    capped = (await recommend(recommender, image=query, limit=10,
+                              diversity=pb.Diversity(group_by="category", max_per_group=2))).items
+    assert len(capped) == 10
+    assert max(Counter(item.category for item in capped).values()) <= 2
+    plain = (await recommend(recommender, image=query, limit=10)).items
+    spread = (await recommend(recommender, image=query, limit=10, diversity=pb.Diversity(mmr_lambda=0.3))).items
+    assert spread[0].product_id == plain[0].product_id, "the best item stays first"
+    assert [item.product_id for item in spread] != [item.product_id for item in plain]
+    assert any(reason.kind == pb.REASON_KIND_DIVERSITY for item in spread for reason in item.reasons)
+    by_attribute = (await recommend(recommender, image=query, limit=10,
+                                    diversity=pb.Diversity(group_by="no-such-attribute"))).items
+    assert [item.product_id for item in by_attribute] == [item.product_id for item in plain], \
+        "without the attribute each product is a group of its own"
+
+
+async def test_experiment_arms_rank_their_share_of_shoppers_and_are_counted(stack, catalog_ids_by_category):
+    arms = Experiments([Arm("visual", 50, replace(stack.settings.weights, history=0.0, category=0.0, popularity=0.0)),
+                        Arm("personal", 50, replace(stack.settings.weights, history=3.0))], salt="e2e")
+    gateway = stack.gateway
+    async with over(Serving(gateway.pipeline.with_experiments(arms), gateway.indexer), stack.settings, stack.metrics,
+                    grace_s=1) as running, grpc.aio.insecure_channel(running.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        viewed = catalog_ids_by_category["Sneaker"][:3]
+        users = [f"arm-shopper-{number}" for number in range(8)]
+        for user in users:
+            for product_id in viewed:
+                await stub.RecordView(pb.RecordViewRequest(user_id=user, product_id=product_id), timeout=5)
+        sample = stack.metrics.registry.get_sample_value
+        before = {arm.name: sample("recsys_recommendations_total", {"experiment": arm.name}) or 0.0
+                  for arm in arms.arms}
+        query = catalog_ids_by_category["Bag"][0]
+        served = {user: await recommend(stub, product_id=query, user_id=user) for user in users}
+        assigned = {user: str(getattr(arms.assigned(user), "name", "")) for user in users}
+        assert {response.experiment for response in served.values()} == {"visual", "personal"}, "both arms get users"
+        for user, response in served.items():
+            assert response.experiment == assigned[user]
+            weights = next(arm.weights for arm in arms.arms if arm.name == assigned[user])
+            for item in response.items:  # ranked with the arm's weights
+                assert item.score == pytest.approx(
+                    item.visual_score + weights.history * item.history_score + weights.category * item.category_score
+                    + weights.popularity * item.popularity_score, abs=1e-5)
+            assert (await recommend(stub, product_id=query, user_id=user)).experiment == assigned[user], "sticky"
+        forced = await recommend(stub, product_id=query, user_id=users[0], experiment="personal")
+        assert forced.experiment == "personal"
+        assert [item.score for item in forced.items] == sorted((item.score for item in forced.items), reverse=True)
+        assert (await recommend(stub, product_id=query)).experiment == "visual", "anonymous: the first arm"
+        counted = Counter(assigned.values())
+        for arm in arms.arms:
+            assert sample("recsys_recommendations_total", {"experiment": arm.name}) - before[arm.name] \
+                == 2 * counted[arm.name] + (arm.name == "personal") + (arm.name == "visual")
+            assert sample("recsys_feedback_total", {"experiment": arm.name, "kind": "view"}) \
+                >= 3 * counted[arm.name]
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await recommend(stub, product_id=query, user_id=users[0], experiment="control")
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'control' is not configured; the arms are 'visual', 'personal'" in str(error.value.details())
 
 
 async def test_a_purchase_is_a_view_of_the_shopper(recommender):

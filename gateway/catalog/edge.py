@@ -26,6 +26,7 @@ from qdrant_edge import (
     Query,
     QueryBatchRequest,
     QueryRequest,
+    RangeFloat,
     SearchParams,
     UpdateOperation,
 )
@@ -42,19 +43,22 @@ from gateway.catalog.store import (
     checked_items,
     checked_vector,
     ensure_built_with,
+    excluded_conditions,
     indexing_threshold_kb,
     item_from_point,
     model_from_record,
     model_record,
     point_ids,
     point_uuid,
+    range_conditions,
     read_json,
     similarities_by_query,
     similarity_targets,
     thumbnail_from_payload,
+    value_conditions,
     write_json_atomically,
 )
-from gateway.domain import CatalogItem, ModelInfo, Neighbour, RecsysError, Unavailable
+from gateway.domain import EVERY_PRODUCT, CatalogItem, ModelInfo, Neighbour, ProductFilter, RecsysError, Unavailable
 
 if TYPE_CHECKING:
     from qdrant_edge import PointId  # only in the engine's type stubs
@@ -116,22 +120,22 @@ class EdgeCatalog:
         self,
         vector: np.ndarray,
         limit: int,
-        categories: Sequence[str] = (),
+        where: ProductFilter = EVERY_PRODUCT,
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
-        return (await self.search_batch([vector], limit, categories, exclude_ids))[0]
+        return (await self.search_batch([vector], limit, where, exclude_ids))[0]
 
     async def search_batch(
         self,
         vectors: Sequence[np.ndarray],
         limit: int,
-        categories: Sequence[str] = (),
+        where: ProductFilter = EVERY_PRODUCT,
         exclude_ids: Sequence[str] = (),
     ) -> list[list[Neighbour]]:
         """`search` for each vector, under the same limit and filter; the searches go to the engine as one batch."""
         check_limit(limit)
-        return await self._in_thread(self._search_batch, vectors, limit, categories, exclude_ids) if vectors else []
+        return await self._in_thread(self._search_batch, vectors, limit, where, exclude_ids) if vectors else []
 
     async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
         """Store each product's mean cosine similarity to its nearest neighbours; products not stored are
@@ -249,11 +253,11 @@ class EdgeCatalog:
         return len(existing)
 
     def _search_batch(
-        self, vectors: Sequence[np.ndarray], limit: int, categories: Sequence[str], exclude_ids: Sequence[str]
+        self, vectors: Sequence[np.ndarray], limit: int, where: ProductFilter, exclude_ids: Sequence[str]
     ) -> list[list[Neighbour]]:
         shard, model = self._opened()
         exact = self._points <= self._exact_search_max_points
-        search_filter = _filter(categories, exclude_ids)
+        search_filter = _filter(where, exclude_ids)
         requests = [
             QueryRequest(
                 limit=limit,
@@ -313,7 +317,8 @@ class EdgeCatalog:
 
     def _existing_categories(self, categories: Sequence[str]) -> set[str]:
         shard, _ = self._opened()
-        request = FacetRequest(key=CATEGORY_FIELD, limit=len(categories), filter=_filter(categories, ()))
+        request = FacetRequest(key=CATEGORY_FIELD, limit=len(categories),
+                               filter=_filter(ProductFilter(tuple(categories)), ()))
         with self._engine_errors():
             # A keyword index facets text values only.
             return {hit.value for hit in shard.facet(request).hits if isinstance(hit.value, str)}
@@ -345,11 +350,14 @@ def _live_points(shard: EdgeShard) -> int:
     return shard.count(CountRequest(exact=False))
 
 
-def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> Filter | None:
-    """The engine filter keeping `categories` (all when empty) and dropping `exclude_ids`."""
-    if not categories and not exclude_ids:
+def _filter(where: ProductFilter, exclude_ids: Sequence[str]) -> Filter | None:
+    """The engine filter keeping the products `where` allows and dropping `exclude_ids`."""
+    must = [FieldCondition(key, match=MatchAny(values)) for key, values in value_conditions(where)]
+    must += [FieldCondition(key, range=RangeFloat(gte=low, lte=high)) for key, low, high in range_conditions(where)]
+    must_not: list[FieldCondition | HasIdCondition] = [FieldCondition(key, match=MatchAny(values))
+                                                       for key, values in excluded_conditions(where)]
+    if exclude_ids:
+        must_not.append(HasIdCondition(set(point_ids(exclude_ids, point_uuid))))
+    if not must and not must_not:
         return None
-    return Filter(
-        must=[FieldCondition(CATEGORY_FIELD, match=MatchAny(list(categories)))] if categories else None,
-        must_not=[HasIdCondition(set(point_ids(exclude_ids, point_uuid)))] if exclude_ids else None,
-    )
+    return Filter(must=[*must] if must else None, must_not=[*must_not] if must_not else None)

@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from gateway.catalog.store import SimilarityQuery
-from gateway.domain import CatalogItem, FailedPrecondition, ModelInfo, Neighbour
+from gateway.domain import EVERY_PRODUCT, CatalogItem, FailedPrecondition, ModelInfo, Neighbour, ProductFilter
 
 
 class RefusedCatalog:
@@ -28,11 +28,11 @@ class RefusedCatalog:
     async def delete(self, product_ids: Sequence[str]) -> int:
         raise self._reason
 
-    async def search(self, vector: np.ndarray, limit: int, categories: Sequence[str] = (),
+    async def search(self, vector: np.ndarray, limit: int, where: ProductFilter = EVERY_PRODUCT,
                      exclude_ids: Sequence[str] = ()) -> list[Neighbour]:
         raise self._reason
 
-    async def search_batch(self, vectors: Sequence[np.ndarray], limit: int, categories: Sequence[str] = (),
+    async def search_batch(self, vectors: Sequence[np.ndarray], limit: int, where: ProductFilter = EVERY_PRODUCT,
                            exclude_ids: Sequence[str] = ()) -> list[list[Neighbour]]:
         raise self._reason
 

@@ -23,21 +23,26 @@ from gateway.catalog.store import (
     checked_items,
     checked_vector,
     ensure_built_with,
+    excluded_conditions,
     indexing_threshold_kb,
     item_from_point,
     model_from_record,
     model_record,
     point_id,
     point_ids,
+    range_conditions,
     similarities_by_query,
     similarity_targets,
     thumbnail_from_payload,
+    value_conditions,
 )
 from gateway.domain import (
+    EVERY_PRODUCT,
     CatalogItem,
     FailedPrecondition,
     ModelInfo,
     Neighbour,
+    ProductFilter,
     ResourceExhausted,
     Unavailable,
 )
@@ -113,17 +118,17 @@ class QdrantClientCatalog:
         self,
         vector: np.ndarray,
         limit: int,
-        categories: Sequence[str] = (),
+        where: ProductFilter = EVERY_PRODUCT,
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
-        return (await self.search_batch([vector], limit, categories, exclude_ids))[0]
+        return (await self.search_batch([vector], limit, where, exclude_ids))[0]
 
     async def search_batch(
         self,
         vectors: Sequence[np.ndarray],
         limit: int,
-        categories: Sequence[str] = (),
+        where: ProductFilter = EVERY_PRODUCT,
         exclude_ids: Sequence[str] = (),
     ) -> list[list[Neighbour]]:
         """`search` for each vector, under the same limit and filter; the searches go to the server as one batch."""
@@ -131,7 +136,7 @@ class QdrantClientCatalog:
         if not vectors:
             return []
         dim = self._opened().dim
-        search_filter = _filter(categories, exclude_ids)
+        search_filter = _filter(where, exclude_ids)
         requests = [
             models.QueryRequest(query=checked_vector(vector, dim), filter=search_filter, limit=limit,
                                 with_payload=ITEM_FIELDS, with_vector=False)
@@ -206,7 +211,8 @@ class QdrantClientCatalog:
             return set()
         with self._server_errors():
             response = await self._client.facet(self.collection, CATEGORY_FIELD,
-                                                facet_filter=_filter(categories, ()), limit=len(categories), exact=True)
+                                                facet_filter=_filter(ProductFilter(tuple(categories)), ()),
+                                                limit=len(categories), exact=True)
         return {str(hit.value) for hit in response.hits}
 
     async def count(self) -> int:
@@ -276,13 +282,16 @@ def _points(items: Sequence[CatalogItem], dim: int) -> list[models.PointStruct]:
     ]
 
 
-def _filter(categories: Sequence[str], exclude_ids: Sequence[str]) -> models.Filter | None:
-    """The Qdrant filter keeping `categories` (all when empty) and dropping `exclude_ids`."""
-    if not categories and not exclude_ids:
+def _filter(where: ProductFilter, exclude_ids: Sequence[str]) -> models.Filter | None:
+    """The Qdrant filter keeping the products `where` allows and dropping `exclude_ids`."""
+    must: list[models.Condition] = [models.FieldCondition(key=key, match=models.MatchAny(any=values))
+                                    for key, values in value_conditions(where)]
+    must += [models.FieldCondition(key=key, range=models.Range(gte=low, lte=high))
+             for key, low, high in range_conditions(where)]
+    must_not: list[models.Condition] = [models.FieldCondition(key=key, match=models.MatchAny(any=values))
+                                        for key, values in excluded_conditions(where)]
+    if exclude_ids:
+        must_not.append(models.HasIdCondition(has_id=point_ids(exclude_ids, point_id)))
+    if not must and not must_not:
         return None
-    return models.Filter(
-        must=[models.FieldCondition(key=CATEGORY_FIELD, match=models.MatchAny(any=list(categories)))]
-        if categories
-        else None,
-        must_not=[models.HasIdCondition(has_id=point_ids(exclude_ids, point_id))] if exclude_ids else None,
-    )
+    return models.Filter(must=must or None, must_not=must_not or None)

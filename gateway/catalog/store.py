@@ -3,7 +3,9 @@
 import base64
 import functools
 import json
+import math
 import os
+import re
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -12,17 +14,29 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from gateway.domain import CatalogItem, FailedPrecondition, InvalidArgument, ModelInfo, Neighbour
+from gateway.domain import (
+    EVERY_PRODUCT,
+    CatalogItem,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelInfo,
+    Neighbour,
+    ProductFilter,
+)
 
 # Searches are exact up to this many points; above it they use the HNSW index, which a backend builds
 # only for collections this large (exact search over 20,000 x 1280-d points takes ~13 ms here).
 EXACT_SEARCH_MAX_POINTS = 20_000
 CATEGORY_FIELD = "category"
 THUMBNAIL_FIELD = "thumbnail"
+ATTRIBUTES_FIELD = "attributes"
+# The attributes whose value is a decimal number, as numbers: what range filters match (the engine compares
+# numbers only).
+NUMBERS_FIELD = "attribute_numbers"
 # A product's mean cosine similarity to its nearest catalog neighbours, set after it is stored.
 NEIGHBOUR_FIELD = "neighbour_similarity"
 # The payload fields searches and lookups read: everything but the thumbnail.
-ITEM_FIELDS = ["product_id", CATEGORY_FIELD, "attributes", NEIGHBOUR_FIELD]
+ITEM_FIELDS = ["product_id", CATEGORY_FIELD, ATTRIBUTES_FIELD, NEIGHBOUR_FIELD]
 REINDEX_COMMAND = "`make index RECREATE=1`"
 
 # A vector and the products to score against it.
@@ -36,6 +50,7 @@ SimilarityTarget = tuple[dict[PointKey, str], list[float]]
 
 _POINT_ID_NAMESPACE = uuid.UUID("6f0c5c1e-3b7a-5d2e-9a41-0d7f3c2b8e15")
 _NO_VECTOR = np.empty(0, dtype=np.float32)
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class CatalogStore(Protocol):
@@ -59,7 +74,7 @@ class CatalogStore(Protocol):
         self,
         vector: np.ndarray,
         limit: int,
-        categories: Sequence[str] = (),
+        where: ProductFilter = EVERY_PRODUCT,
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
@@ -68,7 +83,7 @@ class CatalogStore(Protocol):
         self,
         vectors: Sequence[np.ndarray],
         limit: int,
-        categories: Sequence[str] = (),
+        where: ProductFilter = EVERY_PRODUCT,
         exclude_ids: Sequence[str] = (),
     ) -> list[list[Neighbour]]:
         """`search` for each vector, under the same limit and filter; the searches go to the engine as one batch."""
@@ -141,10 +156,41 @@ def similarities_by_query(queries: Sequence[SimilarityQuery], targets: Sequence[
 
 def payload_of(item: CatalogItem) -> dict[str, Any]:
     """The point payload stored for a product."""
-    payload = {"product_id": item.product_id, CATEGORY_FIELD: item.category, "attributes": dict(item.attributes)}
+    payload = {"product_id": item.product_id, CATEGORY_FIELD: item.category, ATTRIBUTES_FIELD: dict(item.attributes),
+               NUMBERS_FIELD: numeric_attributes(item.attributes)}
     if item.thumbnail:
         payload[THUMBNAIL_FIELD] = base64.b64encode(item.thumbnail).decode("ascii")
     return payload
+
+
+def numeric_attributes(attributes: Mapping[str, str]) -> dict[str, float]:
+    """The attributes whose value is a finite decimal number ("19.99", "-3", "1e3"), as numbers."""
+    return {name: float(value) for name, value in attributes.items()
+            if _DECIMAL.fullmatch(value) and math.isfinite(float(value))}
+
+
+def attribute_key(field: str, name: str) -> str:
+    """The engine's path to attribute `name` in the payload object `field`; quoted, as names may hold dots (names
+    with a double quote or backslash cannot be quoted: requests are refused before they get here)."""
+    return f'{field}."{name}"'
+
+
+def value_conditions(where: ProductFilter) -> list[tuple[str, list[str]]]:
+    """(payload key, allowed values) of each exact-match condition of a filter, categories first."""
+    conditions = [(CATEGORY_FIELD, list(where.categories))] if where.categories else []
+    return conditions + [(attribute_key(ATTRIBUTES_FIELD, each.name), list(each.values)) for each in where.attributes]
+
+
+def excluded_conditions(where: ProductFilter) -> list[tuple[str, list[str]]]:
+    """(payload key, values) of each exact-match condition a product must not meet, categories first."""
+    conditions = [(CATEGORY_FIELD, list(where.excluded_categories))] if where.excluded_categories else []
+    return conditions + [(attribute_key(ATTRIBUTES_FIELD, each.name), list(each.values))
+                         for each in where.excluded_attributes]
+
+
+def range_conditions(where: ProductFilter) -> list[tuple[str, float | None, float | None]]:
+    """(payload key, lowest, highest) of each numeric range condition of a filter."""
+    return [(attribute_key(NUMBERS_FIELD, each.name), each.minimum, each.maximum) for each in where.ranges]
 
 
 def thumbnail_from_payload(payload: Mapping[str, Any] | None) -> bytes:
@@ -160,7 +206,7 @@ def item_from_point(payload: Mapping[str, Any] | None, vector: object) -> Catalo
         product_id=payload["product_id"],
         category=payload[CATEGORY_FIELD],
         vector=_NO_VECTOR if vector is None else np.asarray(vector, dtype=np.float32),
-        attributes=payload["attributes"],
+        attributes=payload[ATTRIBUTES_FIELD],
         neighbour_similarity=float(payload.get(NEIGHBOUR_FIELD, 0.0)),
     )
 

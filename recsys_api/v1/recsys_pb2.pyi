@@ -15,6 +15,7 @@ class ReasonKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_KIND_VIEWED_CATEGORY: _ClassVar[ReasonKind]
     REASON_KIND_POPULAR: _ClassVar[ReasonKind]
     REASON_KIND_DIVERSITY: _ClassVar[ReasonKind]
+    REASON_KIND_BOOSTED: _ClassVar[ReasonKind]
 
 class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,32 +29,85 @@ REASON_KIND_SIMILAR_TO_VIEWED: ReasonKind
 REASON_KIND_VIEWED_CATEGORY: ReasonKind
 REASON_KIND_POPULAR: ReasonKind
 REASON_KIND_DIVERSITY: ReasonKind
+REASON_KIND_BOOSTED: ReasonKind
 FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
 FEEDBACK_KIND_VIEW: FeedbackKind
 FEEDBACK_KIND_DISMISS: FeedbackKind
 FEEDBACK_KIND_PURCHASE: FeedbackKind
 
 class Filter(_message.Message):
-    __slots__ = ("categories",)
+    __slots__ = ("categories", "attributes", "ranges")
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
     categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeValues]
+    ranges: _containers.RepeatedCompositeFieldContainer[AttributeRange]
+    def __init__(self, categories: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Iterable[_Union[AttributeValues, _Mapping]]] = ..., ranges: _Optional[_Iterable[_Union[AttributeRange, _Mapping]]] = ...) -> None: ...
+
+class AttributeValues(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AttributeRange(_message.Message):
+    __slots__ = ("name", "min", "max")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    min: float
+    max: float
+    def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class Boost(_message.Message):
+    __slots__ = ("rule", "key", "values", "weight")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    weight: float
+    def __init__(self, rule: _Optional[str] = ..., key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class RecencyDecay(_message.Message):
+    __slots__ = ("rule", "attribute", "half_life_days", "weight")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    HALF_LIFE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    attribute: str
+    half_life_days: float
+    weight: float
+    def __init__(self, rule: _Optional[str] = ..., attribute: _Optional[str] = ..., half_life_days: _Optional[float] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("image", "product_id", "user_id", "limit", "filter", "diversity")
+    __slots__ = ("image", "product_id", "user_id", "limit", "filter", "diversity", "boosts", "recency_decay", "experiment")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    BOOSTS_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_DECAY_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     product_id: str
     user_id: str
     limit: int
     filter: Filter
     diversity: Diversity
-    def __init__(self, image: _Optional[bytes] = ..., product_id: _Optional[str] = ..., user_id: _Optional[str] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
+    boosts: _containers.RepeatedCompositeFieldContainer[Boost]
+    recency_decay: RecencyDecay
+    experiment: str
+    def __init__(self, image: _Optional[bytes] = ..., product_id: _Optional[str] = ..., user_id: _Optional[str] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ..., boosts: _Optional[_Iterable[_Union[Boost, _Mapping]]] = ..., recency_decay: _Optional[_Union[RecencyDecay, _Mapping]] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class Diversity(_message.Message):
     __slots__ = ("mmr_lambda", "group_by", "max_per_group")
@@ -66,7 +120,7 @@ class Diversity(_message.Message):
     def __init__(self, mmr_lambda: _Optional[float] = ..., group_by: _Optional[str] = ..., max_per_group: _Optional[int] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("product_id", "category", "score", "visual_score", "history_score", "attributes", "category_score", "popularity_score", "dismissal_score", "reasons")
+    __slots__ = ("product_id", "category", "score", "visual_score", "history_score", "attributes", "category_score", "popularity_score", "dismissal_score", "reasons", "rules_score")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +138,7 @@ class Recommendation(_message.Message):
     POPULARITY_SCORE_FIELD_NUMBER: _ClassVar[int]
     DISMISSAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    RULES_SCORE_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     category: str
     score: float
@@ -94,27 +149,32 @@ class Recommendation(_message.Message):
     popularity_score: float
     dismissal_score: float
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
-    def __init__(self, product_id: _Optional[str] = ..., category: _Optional[str] = ..., score: _Optional[float] = ..., visual_score: _Optional[float] = ..., history_score: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., category_score: _Optional[float] = ..., popularity_score: _Optional[float] = ..., dismissal_score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+    rules_score: float
+    def __init__(self, product_id: _Optional[str] = ..., category: _Optional[str] = ..., score: _Optional[float] = ..., visual_score: _Optional[float] = ..., history_score: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., category_score: _Optional[float] = ..., popularity_score: _Optional[float] = ..., dismissal_score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., rules_score: _Optional[float] = ...) -> None: ...
 
 class Reason(_message.Message):
-    __slots__ = ("kind", "contribution", "product_id")
+    __slots__ = ("kind", "contribution", "product_id", "rule")
     KIND_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     kind: ReasonKind
     contribution: float
     product_id: str
-    def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., contribution: _Optional[float] = ..., product_id: _Optional[str] = ...) -> None: ...
+    rule: str
+    def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., contribution: _Optional[float] = ..., product_id: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model", "degraded")
+    __slots__ = ("items", "model", "degraded", "experiment")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Recommendation]
     model: str
     degraded: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., model: _Optional[str] = ..., degraded: _Optional[_Iterable[str]] = ...) -> None: ...
+    experiment: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., model: _Optional[str] = ..., degraded: _Optional[_Iterable[str]] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class RecordViewRequest(_message.Message):
     __slots__ = ("user_id", "product_id")

@@ -69,9 +69,9 @@ class RecommenderServicer:
     def Recommend(self, request, context):
         """Products similar to an image or a catalog product, re-ranked with the user's history.
         With neither an image nor a product id, recommends from the user's history alone.
-        Scope: read. Errors: INVALID_ARGUMENT for a refused image, a bad id, a limit over 100, a bad filter, or
-        nothing to recommend from (no query, and no user_id with recorded views); NOT_FOUND when product_id is not
-        in the catalog; RESOURCE_EXHAUSTED when the server is at its limit of concurrent image queries;
+        Scope: read. Errors: INVALID_ARGUMENT for a refused image, a bad id, a limit over 100, a bad filter, diversity,
+        rule or experiment, or nothing to recommend from (no query, and no user_id with recorded views); NOT_FOUND
+        when product_id is not in the catalog; RESOURCE_EXHAUSTED when the server is at its limit of concurrent image queries;
         UNAVAILABLE when there is no query and the history store is down; DEADLINE_EXCEEDED when the list is not
         ready within the call's deadline or the server's request timeout (5 s by default), whichever is shorter.
         """
