@@ -6,11 +6,13 @@ and what it expects. docs/configuration.md lists every variable.
 """
 
 import logging
+import re
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
+import pydantic_settings
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -164,6 +166,10 @@ class Settings(BaseSettings):
             return cls()
         except ValidationError as error:
             raise SettingsError(describe(error)) from None
+        except pydantic_settings.SettingsError as error:  # a structured value that is not JSON
+            found = re.search(r'field "(\w+)"', str(error))
+            variable = variable_of(found[1]) if found else "a variable"
+            raise SettingsError(f"invalid configuration: {variable}: error parsing value, which must be JSON") from None
 
 
 def variable_of(field: str) -> str:

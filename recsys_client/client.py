@@ -78,15 +78,22 @@ class RecsysClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def recommend(self, *, image: bytes | None = None, product_id: str | None = None, user_id: str = "",
-                        limit: int = 0, categories: Sequence[str] = (), diversity: pb.Diversity | None = None,
+                        limit: int = 0, categories: Sequence[str] = (), filter: pb.Filter | None = None,
+                        diversity: pb.Diversity | None = None, boosts: Sequence[pb.Boost] = (),
+                        recency_decay: pb.RecencyDecay | None = None, experiment: str = "",
                         timeout_s: float | None = None) -> pb.RecommendResponse:
         """Products like `image` (encoded bytes) or like catalog product `product_id`, or (neither) from the
-        user's history alone; personalised for `user_id`; `limit` 0 means the server's default (10); `diversity`
-        unset means the server's default."""
+        user's history alone; personalised for `user_id`; `limit` 0 means the server's default (10). `categories`
+        (added to `filter`'s) and `filter` restrict the products; `diversity`, `boosts`, `recency_decay` and
+        `experiment` shape the ranking (unset: the server's defaults; see the proto)."""
         if image is not None and product_id is not None:
             raise ValueError("send an image or a product_id, not both")
-        request = pb.RecommendRequest(user_id=user_id, limit=limit, filter=pb.Filter(categories=list(categories)),
-                                      diversity=diversity)
+        restriction = pb.Filter()
+        if filter is not None:
+            restriction.CopyFrom(filter)
+        restriction.categories.extend(categories)
+        request = pb.RecommendRequest(user_id=user_id, limit=limit, filter=restriction, diversity=diversity,
+                                      boosts=boosts, recency_decay=recency_decay, experiment=experiment)
         if image is not None:
             request.image = image
         elif product_id is not None:

@@ -52,6 +52,10 @@ async def test_every_call_of_the_api(running: RunningGateway):
         assert [view.product_id for view in history.views] == [PRODUCT]
         assert [dismissal.product_id for dismissal in history.dismissals] == [OTHER_PRODUCT]
         personal = await client.recommend(user_id="client-user", limit=3)
+        ruled = await client.recommend(image=png(0), limit=3, filter=pb.Filter(categories=["Pullover"]),
+                                       categories=["T-shirt/top"],
+                                       boosts=[pb.Boost(rule="tops", key="category", values=["T-shirt/top"], weight=5)],
+                                       diversity=pb.Diversity(mmr_lambda=0.9))
         picture = await client.product_image(PRODUCT)
         new = [pb.Product(product_id=f"client-{n}", category="Bag", image=png(n)) for n in range(2)]
         assert await client.upsert_products(new) == 2
@@ -63,6 +67,7 @@ async def test_every_call_of_the_api(running: RunningGateway):
     assert PRODUCT not in {item.product_id for item in by_product.items}
     assert {item.category for item in by_product.items} <= {"Pullover", "T-shirt/top"}
     assert len(personal.items) == 3
+    assert [(item.category, item.rules_score) for item in ruled.items] == [("T-shirt/top", 5.0)] * 3
     assert picture.content_type == "image/jpeg" and picture.data[:2] == b"\xff\xd8"
 
 

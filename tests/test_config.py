@@ -1,5 +1,6 @@
 """Configuration is read from the environment once, by pydantic-settings, with documented defaults and clear errors."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,15 @@ def test_booleans_take_the_usual_spellings(monkeypatch: pytest.MonkeyPatch, valu
     ("REQUEST_TIMEOUT_SECONDS", "0", "REQUEST_TIMEOUT_SECONDS='0': Input should be greater than 0"),
     ("LOG_LEVEL", "loud", "LOG_LEVEL='LOUD': Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
     ("DEFAULT_LIMIT", "500", "DEFAULT_LIMIT (500) must not exceed MAX_LIMIT (100)"),
+    ("RANK_EXPERIMENTS", "control", "RANK_EXPERIMENTS: error parsing value"),
+    ("RANK_EXPERIMENTS", '{"a": {"share": 60}, "b": {"share": 30}}',
+     "the shares of RANK_EXPERIMENTS add up to 90; they must add up to 100"),
+    ("RANK_EXPERIMENTS", '{"a": {"share": 100, "histroy": 2}}',
+     "RANK_EXPERIMENTS[a][histroy]=2: Extra inputs are not permitted"),
+    ("RANK_EXPERIMENTS", '{"a": {"share": 100, "history_temperature": 0}}',
+     "RANK_EXPERIMENTS[a][history_temperature]=0: Input should be greater than 0"),
+    ("RANK_EXPERIMENTS", '{"a b": {"share": 100}}', "RANK_EXPERIMENTS[a b][[key]]='a b': String should match pattern"),
+    ("RANK_EXPERIMENTS", '{"none": {"share": 100}}', "'none' is reserved"),
 ])
 def test_a_bad_value_names_the_variable_and_what_is_expected(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                               expected: str):
@@ -73,3 +83,16 @@ def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(SettingsError) as refused:
         Settings.from_env()
     assert "METRICS_PORT='abc'" in str(refused.value) and "DECODE_WORKERS='0'" in str(refused.value)
+
+
+def test_experiment_arms_change_only_the_weights_they_name(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RANK_WEIGHT_HISTORY", "1.5")
+    monkeypatch.setenv("RANK_EXPERIMENTS",
+                       '{"control": {"share": 70}, "cool": {"share": 30, "history_temperature": 0.05}}')
+    settings = Settings.from_env()
+    control, cool = settings.experiments.arms
+    assert (control.name, control.share, control.weights) == ("control", 70, settings.weights)
+    assert (cool.name, cool.share) == ("cool", 30)
+    assert cool.weights == replace(settings.weights, history_temperature=0.05) and cool.weights.history == 1.5
+    monkeypatch.delenv("RANK_EXPERIMENTS")
+    assert not Settings.from_env().experiments, "none by default"

@@ -3,6 +3,7 @@
 import math
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TypedDict
 
 import numpy as np
@@ -10,7 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranker import NO_TASTE, Candidate, HistoryItem, Ranked, ReasonKind, Taste, Weights, diversify, rerank, taste_of
+from gateway.domain import InvalidArgument
+from gateway.experiments import Arm, Experiments
+from ranker import (
+    NO_RULES,
+    NO_TASTE,
+    Boost,
+    Candidate,
+    HistoryItem,
+    Ranked,
+    ReasonKind,
+    RecencyDecay,
+    Rules,
+    RuleScore,
+    Taste,
+    Weights,
+    diversify,
+    rerank,
+    taste_of,
+)
 
 CATEGORIES = ("bags", "dresses", "shoes")
 PRODUCT_IDS = tuple(f"p{index:02d}" for index in range(16))
@@ -407,3 +426,57 @@ def test_a_group_never_has_more_than_its_share(scores: list[float], groups: list
 def test_invalid_diversity_is_rejected(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         diversify(ranked_bags([0.5, 0.4]), 2, **arguments)
+
+
+NOW_S = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+
+
+def test_a_boost_matches_by_category_or_attribute_and_a_decay_halves_with_each_half_life():
+    rules = Rules((Boost("shoes", "category", frozenset({"shoes"}), 0.3),
+                   Boost("no-red", "colour", frozenset({"red"}), -0.5)),
+                  RecencyDecay("new-in", "released", 10.0, 0.4))
+    def added(category: str, attributes: dict[str, str]) -> dict[str, float]:
+        return {score.rule: score.contribution for score in rules.scores(category, attributes, NOW_S)}
+
+    assert added("shoes", {"colour": "red", "released": "2026-11-21"}) == pytest.approx(
+        {"shoes": 0.3, "no-red": -0.5, "new-in": 0.2})
+    assert added("bags", {"colour": "blue", "released": "2026-12-24T10:00:00+02:00"}) == {"new-in": 0.4}, \
+        "a date in the future counts as now"
+    assert added("bags", {"released": "2026-11-11T00:00:00"}) == pytest.approx({"new-in": 0.1}), \
+        "a date without an offset is UTC"
+    assert added("bags", {"released": "last week"}) == {}
+    assert added("bags", {"category": "shoes"}) == {}, "the category key is the category itself"
+    assert not NO_RULES and NO_RULES.scores("shoes", {"released": "2026-11-21"}, NOW_S) == ()
+
+
+def test_rule_scores_add_to_the_score_and_lifting_rules_are_reasons():
+    candidates = [Candidate("plain", "bags", 0.9),
+                  Candidate("boosted", "bags", 0.7, rule_scores=(RuleScore("promo", 0.3), RuleScore("tiny", 0.01))),
+                  Candidate("buried", "bags", 0.95, rule_scores=(RuleScore("bury", -0.5),))]
+    ranked = rerank(candidates)
+    assert [r.product_id for r in ranked] == ["boosted", "plain", "buried"]
+    by_id = {r.product_id: r for r in ranked}
+    assert by_id["boosted"].rules_score == pytest.approx(0.31) and by_id["boosted"].score == pytest.approx(1.01)
+    assert [(reason.kind, reason.rule) for reason in by_id["boosted"].reasons] == [
+        (ReasonKind.VISUALLY_SIMILAR, ""), (ReasonKind.BOOSTED, "promo")], "below 0.05 a rule is no reason"
+    assert by_id["buried"].score == pytest.approx(0.45)
+    assert [reason.kind for reason in by_id["buried"].reasons] == [ReasonKind.VISUALLY_SIMILAR]
+    with pytest.raises(ValueError, match="rule scores must be finite"):
+        rerank([Candidate("p", "bags", 0.5, rule_scores=(RuleScore("r", math.inf),))])
+
+
+def test_experiment_arms_take_their_share_of_users_and_keep_each_user():
+    arms = Experiments([Arm("a", 20, Weights()), Arm("b", 80, Weights(history=2.0))], salt="s")
+    users = [f"user-{number}" for number in range(5000)]
+    assigned = [arms.assigned(user) for user in users]
+    share_a = sum(arm is not None and arm.name == "a" for arm in assigned) / len(users)
+    assert 0.17 < share_a < 0.23
+    assert [arms.assigned(user) for user in users[:50]] == assigned[:50], "deterministic"
+    reshuffled = Experiments(arms.arms, salt="another")
+    assert [reshuffled.assigned(user) for user in users[:50]] != assigned[:50], "the salt reshuffles"
+    assert arms.assigned("") == arms.arms[0] == arms.arm("user-1", "a")
+    with pytest.raises(InvalidArgument, match="'c' is not configured; the arms are 'a', 'b'"):
+        arms.arm("user-1", "c")
+    assert Experiments().assigned("user-1") is None
+    with pytest.raises(ValueError, match="add up to 90"):
+        Experiments([Arm("a", 90, Weights())])

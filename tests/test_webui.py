@@ -22,11 +22,12 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.serving import Serving
 from harness.gateway import RunningGateway, in_process, over
+from recsys_api.v1 import recsys_pb2 as pb
 from stack.net import free_port
 from tests.triton_fixtures import PATIENT_TIMEOUTS
 from webui import WebUI, WebUISettings, local_target, start_webui
 from webui.examples import PRODUCT_ID, FashionMnistImages
-from webui.server import MAX_UPLOAD_BYTES
+from webui.server import MAX_UPLOAD_BYTES, reason_text
 
 CATALOG_SIZE = 240
 CHROMIUM = Path("/usr/bin/chromium")
@@ -341,3 +342,9 @@ async def test_in_a_browser_gateway_errors_are_readable_messages(page, webui, we
     await page.locator("#examples .example").first.click()
     await expect(message).to_contain_text("The recommendation service is unavailable")
     assert "Traceback" not in await message.inner_text()
+
+
+def test_every_reason_kind_reads_as_text():
+    kinds = [name for name in pb.ReasonKind.keys() if name != "REASON_KIND_UNSPECIFIED"]
+    assert all(reason_text(pb.Reason(kind=kind, product_id="p1", rule="summer")) for kind in kinds)
+    assert reason_text(pb.Reason(kind=pb.REASON_KIND_BOOSTED, rule="summer")) == "boosted by rule summer"

@@ -161,6 +161,8 @@ def reason_text(reason: pb.Reason) -> str:
     """A reason code as the page shows it."""
     if reason.kind == pb.REASON_KIND_SIMILAR_TO_VIEWED:
         return f"looks like {reason.product_id}, which you viewed"
+    if reason.kind == pb.REASON_KIND_BOOSTED:
+        return f"boosted by rule {reason.rule}"
     return REASON_TEXTS.get(reason.kind, "")
 
 
