@@ -6,6 +6,10 @@ at ``query`` (the last of them), and views ``target`` next. Methods, each a top-
 - ``visual``: Recommend(product_id=query), no user: neighbours of the product being looked at.
 - ``history_aware``: Recommend(product_id=query, user_id), with the history recorded through RecordView.
 - ``own_views_only``: the same with the popularity weight at 0: what the shopper's own views add.
+
+The two are the arms of one experiment (:data:`ARMS`) of the gateway, asked for by name at every step; the report
+also splits the test shoppers between the arms as the gateway assigns live traffic (by a hash of the user id),
+each arm scored on its own shoppers (:func:`arm_scores`).
 - ``history_only``: Recommend(user_id), no query.
 - ``most_viewed``: the products other shoppers viewed most (non-visual).
 - ``category_popularity``: the most viewed products of the categories in the shopper's history, those
@@ -30,6 +34,7 @@ from dataclasses import dataclass, replace
 
 from evaluation.metrics import next_item_metrics
 from evaluation.shoppers import Shopper
+from gateway.experiments import Experiments
 from gateway.pipeline import Pipeline, RankingInputs, RecommendQuery
 from gateway.ports import HistoryStore
 from ranker import ReasonKind, Weights, rerank
@@ -37,6 +42,8 @@ from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 
 K = 10
+# The experiment arms of the served lists, as methods; each serves half of the shoppers.
+ARMS = ("history_aware", "own_views_only")
 METHODS = ("visual", "history_aware", "own_views_only", "history_only", "most_viewed", "category_popularity")
 HISTORY_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2)
@@ -221,23 +228,23 @@ class ServedLists:
     query_only_inputs: list[RankingInputs]
 
 
-async def served_lists(stub: pb_grpc.RecommenderStub, own_views_stub: pb_grpc.RecommenderStub,
-                       pipeline: Pipeline, steps: Sequence[Step], popularity: Popularity, timeout_s: float = 10.0
-                       ) -> ServedLists:
+async def served_lists(stub: pb_grpc.RecommenderStub, pipeline: Pipeline, steps: Sequence[Step],
+                       popularity: Popularity, timeout_s: float = 10.0) -> ServedLists:
     """Every method's top-10 list for each step; histories are recorded through ``stub`` as they grow.
 
-    ``own_views_stub`` is a gateway over the same backends whose weights leave popularity out; ``pipeline`` (over
-    the same backends) gives the in-process ranking inputs at each step.
+    ``stub`` is a gateway running the experiment :data:`ARMS` (the chosen weights, and those without popularity);
+    ``pipeline`` (over the same backends) gives the in-process ranking inputs at each step.
     """
     lists: dict[str, list[list[str]]] = {method: [] for method in METHODS}
     inputs: list[RankingInputs] = []
     query_only_inputs: list[RankingInputs] = []
     query_only = pipeline.searching_around_the_query_only()
 
-    async def recommend(through: pb_grpc.RecommenderStub = stub, product_id: str | None = None,
-                        user_id: str | None = None) -> list[str]:
-        request = pb.RecommendRequest(limit=K, product_id=product_id, user_id=user_id)  # None leaves a field unset
-        response = await through.Recommend(request, timeout=timeout_s)
+    async def recommend(product_id: str | None = None, user_id: str | None = None, experiment: str = ARMS[0]
+                        ) -> list[str]:
+        request = pb.RecommendRequest(limit=K, product_id=product_id, user_id=user_id,  # None leaves a field unset
+                                      experiment=experiment)
+        response = await stub.Recommend(request, timeout=timeout_s)
         return [item.product_id for item in response.items]
 
     async def record(user: str, product_id: str) -> None:
@@ -248,8 +255,8 @@ async def served_lists(stub: pb_grpc.RecommenderStub, own_views_stub: pb_grpc.Re
     await record_history(record, steps)
     for step in steps:
         lists["visual"].append(await recommend(product_id=step.query))
-        lists["history_aware"].append(await recommend(product_id=step.query, user_id=step.user))
-        lists["own_views_only"].append(await recommend(own_views_stub, product_id=step.query, user_id=step.user))
+        for arm in ARMS:
+            lists[arm].append(await recommend(product_id=step.query, user_id=step.user, experiment=arm))
         lists["history_only"].append(await recommend(user_id=step.user))
         lists["most_viewed"].append(popularity.most_viewed(step))
         lists["category_popularity"].append(popularity.category_popularity(step))
@@ -263,3 +270,15 @@ def scores_of(lists: dict[str, list[list[str]]], steps: Sequence[Step]) -> dict[
     """hit@10 and NDCG@10 of each method."""
     targets = [step.target for step in steps]
     return {method: next_item_metrics(ranked, targets, K) for method, ranked in lists.items()}
+
+
+def arm_scores(lists: dict[str, list[list[str]]], steps: Sequence[Step], experiments: Experiments
+               ) -> dict[str, dict[str, float]]:
+    """Each arm's shoppers, predictions, hit@10 and NDCG@10 over the steps of the shoppers the gateway assigns it (by
+    the hash of their user id), its own list at each of them: the comparison live traffic gives."""
+    scores = {}
+    for arm in experiments.arms:
+        mine = [i for i, step in enumerate(steps) if experiments.assigned(step.user) == arm]
+        measured = next_item_metrics([lists[arm.name][i] for i in mine], [steps[i].target for i in mine], K)
+        scores[arm.name] = {"shoppers": len({steps[i].user for i in mine}), "predictions": len(mine), **measured}
+    return scores

@@ -137,8 +137,8 @@ the test shoppers ({evaluation.config.test_shoppers}); every model version meets
 the histories recorded through RecordView; (d) are computed from the popularity shoppers' views. The ranker's
 popularity part counts views by all shoppers in Redis: before each version is measured Redis is emptied and
 given the popularity shoppers' views (the same crowd as (d)); the validation and test shoppers' views add to
-them as they are recorded, never a view before it happens. "(b) without popularity" is a second gateway whose
-weights leave popularity out: what the shopper's own views add to (a).
+them as they are recorded, never a view before it happens. "(b) without popularity" is the gateway's second
+experiment arm, whose weights leave popularity out: what the shopper's own views add to (a).
 
 **Tuning** on the last {evaluation.config.test_steps} views of each validation shopper, each step under a user of
 its own ({results[0].validation_steps} predictions), in two stages: the shopper's own signals with popularity 0
@@ -161,8 +161,25 @@ the served lists equal these offline rankings ({agreement_text(results)}).
 
 {approaches_table(results)}
 
+**Experiment breakdown.** (b) and "(b) without popularity" are two arms of one experiment of the gateway, each asked
+for by name at every step above. Split as the gateway assigns live traffic (a hash of the user id, 50/50), each
+arm's shoppers get its lists only; hit@10 over each arm's own predictions, and the gateway's counters of the lists
+it served and the views it recorded per arm (`recsys_recommendations_total`, `recsys_feedback_total`; the first
+arm also serves the (a) and (c) lists):
+
+{experiments_table(results)}
+
 ![personalisation](personalisation.png)
 """
+
+
+def experiments_table(results: list[PersonalisationResult]) -> str:
+    lines = ["| version | arm | shoppers | predictions | hit@10 | NDCG@10 | lists counted | views counted |",
+             "|" + " --- |" * 8]
+    lines += [f"| v{r.version} | {arm} | {m['shoppers']:.0f} | {m['predictions']:.0f} | {m['hit']:.3f} | "
+              f"{m['ndcg']:.3f} | {m['lists']:.0f} | {m['views']:.0f} |"
+              for r in results for arm, m in r.experiments.items()]
+    return "\n".join(lines)
 
 
 APPROACH_NOTES = {
@@ -331,6 +348,7 @@ def numbers(evaluation: Evaluation) -> dict[str, object]:
             "test": p.test, "test_steps": p.test_steps,
             "validation_steps": p.validation_steps,
             "approaches": p.approaches, "served_agreement": p.served_agreement, "reasons": p.reasons,
+            "experiments": p.experiments,
             "validation": [{"weights": asdict(w), **scores} for w, scores in p.validation]}
             for p in evaluation.personalisation],
         "seconds": evaluation.seconds,

@@ -28,9 +28,11 @@ from evaluation import metrics as measures
 from evaluation.diversity import measure_diversity
 from evaluation.latency import LoadRun, load_run
 from evaluation.personalisation import (
+    ARMS,
     METHODS,
     Popularity,
     approach_lists,
+    arm_scores,
     one_user_per_step,
     ranked_ids,
     reason_shares,
@@ -54,6 +56,7 @@ from evaluation.shoppers import Catalog, ShopperConfig, simulate
 from gateway.catalog.aliases import versioned_collection
 from gateway.composition import Components
 from gateway.config import Settings
+from gateway.experiments import BUCKETS, Arm, Experiments
 from gateway.serving import Serving, follow_alias
 from harness.gateway import RunningGateway, in_process, over
 from ops.rollout import build_collection
@@ -115,6 +118,7 @@ class PersonalisationResult:
     approaches: dict[str, dict[str, float]]
     served_agreement: float
     reasons: dict[str, float]
+    experiments: dict[str, dict[str, float]]
     validation_steps: int
     test_steps: int
     shopper_config: ShopperConfig
@@ -256,9 +260,15 @@ async def measure_personalisation(config: EvalConfig, running: RunningGateway, v
     log.info("ranker weights chosen on %d validation steps: %s", len(validation), tuning.weights)
     test = steps_of(simulate(catalog, config.test_shoppers, config.seed + 3), catalog_ids, f"v{version}-test",
                     last=config.test_steps)
-    async with gateway_with_weights(running, tuning.weights) as tuned, \
-            gateway_with_weights(running, tuning.own_views_weights) as own_views:
-        served = await served_lists(tuned, own_views, pipeline, test, popularity)
+    experiments = Experiments([Arm(arm, BUCKETS // len(ARMS), weights)
+                               for arm, weights in zip(ARMS, (tuning.weights, tuning.own_views_weights), strict=True)],
+                              salt=f"v{version}")
+    counted = experiment_counts(running, experiments)
+    async with gateway_with_experiments(running, experiments) as stub:
+        served = await served_lists(stub, pipeline, test, popularity)
+    by_arm = arm_scores(served.lists, test, experiments)
+    for arm, count in experiment_counts(running, experiments).items():
+        by_arm[arm] |= {name: value - counted[arm][name] for name, value in count.items()}
     scores = scores_of(served.lists, test)
     for method in METHODS:
         log.info("version %s, %s: hit@10 %.3f, NDCG@10 %.3f", version, method, scores[method]["hit"],
@@ -269,15 +279,23 @@ async def measure_personalisation(config: EvalConfig, running: RunningGateway, v
     approaches = scores_of(approach_lists(served.inputs, served.query_only_inputs, tuning.own_views_weights), test)
     return PersonalisationResult(version, tuning.weights, tuning.own_views_weights, settings.weights, tuning.scores,
                                  scores, approaches, agreement / (2 * len(test)),
-                                 reason_shares(served.inputs, tuning.weights), len(validation), len(test),
+                                 reason_shares(served.inputs, tuning.weights), by_arm, len(validation), len(test),
                                  shopper_config)
 
 
+def experiment_counts(running: RunningGateway, experiments: Experiments) -> dict[str, dict[str, float]]:
+    """Per arm, the lists served and the views recorded so far, as the gateway's metrics count them."""
+    return {arm.name: {"lists": running.sample("recsys_recommendations_total", {"experiment": arm.name}),
+                       "views": running.sample("recsys_feedback_total", {"experiment": arm.name, "kind": "view"})}
+            for arm in experiments.arms}
+
+
 @asynccontextmanager
-async def gateway_with_weights(running: RunningGateway, weights: Weights) -> AsyncIterator[pb_grpc.RecommenderStub]:
-    """A stub of a second gateway over the same backends whose ranker uses ``weights``."""
+async def gateway_with_experiments(running: RunningGateway, experiments: Experiments
+                                   ) -> AsyncIterator[pb_grpc.RecommenderStub]:
+    """A stub of a second gateway over the same backends running the experiment arms of ``experiments``."""
     gateway = running.gateway
-    async with over(Serving(gateway.pipeline.with_weights(weights), gateway.indexer), running.settings,
-                            running.metrics, grace_s=1) as tuned, \
-            grpc.aio.insecure_channel(tuned.target) as channel:
+    async with over(Serving(gateway.pipeline.with_experiments(experiments), gateway.indexer), running.settings,
+                    running.metrics, grace_s=1) as experimenting, \
+            grpc.aio.insecure_channel(experimenting.target) as channel:
         yield pb_grpc.RecommenderStub(channel)

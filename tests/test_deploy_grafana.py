@@ -16,6 +16,7 @@ REQUIRED_METRICS = (  # what SREs must find on the dashboards
     "recsys_requests_total", "recsys_request_duration_seconds_bucket", "recsys_stage_duration_seconds_bucket",
     "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us", "nv_inference_exec_count",
     "recsys_degraded_responses_total", "recsys_catalog_products", "recsys_products_ingested_total",
+    "recsys_recommendations_total", "recsys_feedback_total",
 )
 
 

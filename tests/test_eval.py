@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.__main__ import main as run_evaluation
 from evaluation.diversity import SETTINGS
-from evaluation.personalisation import APPROACHES, METHODS
+from evaluation.personalisation import APPROACHES, ARMS, METHODS
 from evaluation.run import QUICK
 from tests.model_versions import MODEL_NAME, two_version_repository
 
@@ -72,7 +72,16 @@ def test_personalisation_and_load_are_measured(report) -> None:
         assert personalisation["served_agreement"] == 1.0, "served lists are the offline ranking of the same inputs"
         assert personalisation["reasons"]["visually_similar"] == 1.0, "every item gives the visual reason"
         assert set(personalisation["reasons"]) == {"visually_similar", "similar_to_viewed", "viewed_category",
-                                                   "popular", "diversity"}
+                                                   "popular", "diversity", "boosted"}
+        arms = personalisation["experiments"]
+        assert set(arms) == set(ARMS)
+        assert sum(arm["predictions"] for arm in arms.values()) == personalisation["test_steps"]
+        assert sum(arm["shoppers"] for arm in arms.values()) == QUICK.test_shoppers, "each shopper in one arm"
+        for name, arm in arms.items():
+            lists_per_step = 3 if name == ARMS[0] else 1  # the first arm also ranks (a) and (c)
+            assert arm["lists"] == lists_per_step * personalisation["test_steps"], name
+            assert arm["views"] > arm["predictions"], f"{name}: the histories, then one view per step"
+            assert 0 <= arm["ndcg"] <= arm["hit"] <= 1
         assert personalisation["reasons"]["diversity"] == 0, "the ranking order unless a request asks for diversity"
         assert personalisation["own_views_weights"]["popularity"] == 0
         assert all(0 <= scores["ndcg"] <= scores["hit"] <= 1 for scores in personalisation["test"].values())
