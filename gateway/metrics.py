@@ -1,4 +1,5 @@
-"""Prometheus metrics of the gateway; labels are bounded (method, stage, status code), never ids."""
+"""Prometheus metrics of the gateway; labels are bounded (method, stage, status code, configured experiment arm,
+feedback kind), never ids."""
 
 import time
 from collections.abc import Iterator

@@ -229,7 +229,8 @@ async def test_the_gateway_exports_metrics_that_pass_promtools_naming_lint(serve
     assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
     labels = {label for family in served.metrics.registry.collect() for sample in family.samples
               for label in sample.labels}
-    assert labels <= {"method", "code", "stage", "dependency", "work", "le"}, "labels must stay bounded: never ids"
+    assert labels <= {"method", "code", "stage", "dependency", "work", "experiment", "kind", "le"}, \
+        "labels must stay bounded (configured arms, feedback kinds): never ids"
 
 
 async def test_every_dashboard_panel_query_returns_data(prometheus):
