@@ -11,7 +11,7 @@ import numpy as np
 from .domain import CatalogItem, InvalidArgument
 from .images import ImageLimits, encode_thumbnail, preprocess
 from .metrics import Metrics
-from .ports import CatalogStore, Embedder
+from .ports import CatalogStore, Embedder, Search
 from .validation import check_attributes, check_id
 
 # A product's neighbour similarity is its mean cosine similarity to this many nearest other products.
@@ -105,7 +105,7 @@ class Indexer:
         which a bulk load does for all."""
         for start in range(0, len(product_ids), NEIGHBOURHOOD_BATCH):
             stored = list((await self._catalog.retrieve(product_ids[start:start + NEIGHBOURHOOD_BATCH])).values())
-            found = await self._catalog.search_batch([item.vector for item in stored], NEIGHBOURS + 1)
+            found = await self._catalog.search_batch([Search(item.vector, NEIGHBOURS + 1) for item in stored])
             values = {}
             for item, hits in zip(stored, found, strict=True):
                 scores = [hit.score for hit in hits if hit.item.product_id != item.product_id][:NEIGHBOURS]

@@ -51,7 +51,7 @@ from .experiments import Experiments, label_of
 from .images import preprocess
 from .item_cache import ItemCache
 from .metrics import Metrics
-from .ports import CatalogStore, Embedder, HistoryStore
+from .ports import CatalogStore, Embedder, HistoryStore, Search
 from .validation import check_filter, check_id, check_id_count, check_rules
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,11 @@ def boosted_filter(where: ProductFilter, boost: Boost) -> ProductFilter | None:
         return replace(where, attributes=(*where.attributes, AttributeValues(boost.key, tuple(sorted(boost.values)))))
     categories = tuple(c for c in where.categories if c in boost.values) if where.categories else tuple(boost.values)
     return replace(where, categories=tuple(sorted(categories))) if categories else None
+
+
+def excluded_ids(product_ids: set[str]) -> tuple[str, ...]:
+    """The products a search leaves out, in a stable order (searches with the same ones share a filter)."""
+    return tuple(sorted(product_ids))
 
 
 def group_of(key: str, product_id: str, category: str, attributes: Mapping[str, str]) -> str:
@@ -319,10 +324,13 @@ class Pipeline:
                                       "or a user_id that has recorded views")
             vector, visual_hits, view_hits = shopper.taste.vector, shopper.hits[0], shopper.hits[1:]
         else:
-            visual_hits = await self._search(vector, pool, query.where, queried | shopper.excluded)
-        for boosted in filter(None, (boosted_filter(query.where, boost) for boost in query.rules.boosts
-                                     if boost.weight > 0)):  # the boosted products nearest the query compete too
-            visual_hits = visual_hits + await self._search(vector, pool, boosted, queried | shopper.excluded)
+            visual_hits = []
+        excluded = excluded_ids(queried | shopper.excluded)
+        searches = [Search(vector, pool, query.where, excluded)] if not history_only else []
+        searches += [Search(vector, pool, boosted, excluded)  # the boosted products nearest the query compete too
+                     for boosted in filter(None, (boosted_filter(query.where, boost) for boost in query.rules.boosts
+                                                  if boost.weight > 0))]
+        visual_hits = visual_hits + [hit for hits in await self._search_batch(searches) for hit in hits]
         if diversity and diversity.group_by:
             visual_hits = await self._more_groups(vector, limit, query.where, diversity, visual_hits,
                                                   queried | shopper.excluded)
@@ -353,8 +361,9 @@ class Pipeline:
                 break
             full = sorted(group for group, count in counts.items()
                           if count >= diversity.max_per_group and not group.startswith("\0"))
-            more = await self._search(vector, self._pool(limit), excluding_groups(where, diversity.group_by, full),
-                                      excluded | {hit.item.product_id for hit in hits})
+            [more] = await self._search_batch([Search(vector, self._pool(limit),
+                                                      excluding_groups(where, diversity.group_by, full),
+                                                      excluded_ids(excluded | {hit.item.product_id for hit in hits}))])
             if not more:
                 break
             hits = hits + more
@@ -425,7 +434,7 @@ class Pipeline:
                        history_only: bool) -> _Shopper:
         """The shopper's taste and the searches around their recent views (read while the query image is
         embedded): RANK_SEARCH_VIEWS of the most recent views other than the queried product, RANK_VIEW_POOL
-        products each, in one engine batch; for a history-only query, first a search around the taste vector.
+        products each, in one engine batch (for a history-only query, with a search around the taste vector).
         Dismissed products are always left out; viewed ones with RANK_EXCLUDE_VIEWED."""
         record, degraded = await self._record(user_id)
         viewed_ids = list(dict.fromkeys(view.product_id for view in record.views))
@@ -438,10 +447,10 @@ class Pipeline:
             excluded.update(viewed_ids)
         searched = [view_vectors[view.product_id] for view in taste.views
                     if view.product_id not in queried][:self._settings.rank_search_views]
-        hits = []
-        if history_only and taste.vector is not None:
-            hits = await self._search_batch([taste.vector], pool, where, queried | excluded)
-        hits += await self._search_batch(searched, self._settings.rank_view_pool, where, queried | excluded)
+        left_out = excluded_ids(queried | excluded)
+        searches = [Search(taste.vector, pool, where, left_out)] if history_only and taste.vector is not None else []
+        searches += [Search(vector, self._settings.rank_view_pool, where, left_out) for vector in searched]
+        hits = await self._search_batch(searches)
         return _Shopper(taste, [view_vectors[view.product_id] for view in taste.views],
                         [item.vector for item in dismissed], hits, excluded, degraded)
 
@@ -492,17 +501,13 @@ class Pipeline:
         views = len(shopper.view_vectors)
         return visual | answers[0], answers[1:1 + views], answers[1 + views:]
 
-    async def _search(self, vector: np.ndarray, limit: int, where: ProductFilter,
-                      exclude: set[str]) -> list[Neighbour]:
-        return (await self._search_batch([vector], limit, where, exclude))[0]
-
-    async def _search_batch(self, vectors: Sequence[np.ndarray], limit: int, where: ProductFilter,
-                            exclude: set[str]) -> list[list[Neighbour]]:
-        if not vectors:
+    async def _search_batch(self, searches: Sequence[Search]) -> list[list[Neighbour]]:
+        """The searches' answers, from one engine batch."""
+        if not searches:
             return []
         with self._metrics.stage("search"):
             return await self._within("catalog search", self._settings.search_timeout_s,
-                                      self.catalog.search_batch(vectors, limit, where, sorted(exclude)))
+                                      self.catalog.search_batch(searches))
 
     @staticmethod
     async def _within(what: str, timeout_s: float, work: Awaitable[T]) -> T:

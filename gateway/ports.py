@@ -5,10 +5,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .catalog.store import CatalogStore, SimilarityQuery
+from .catalog.store import CatalogStore, Search, SimilarityQuery
 from .domain import Feedback, ModelInfo, ShopperRecord, View
 
-__all__ = ["CatalogStore", "Embedder", "HistoryStore", "SimilarityQuery"]
+__all__ = ["CatalogStore", "Embedder", "HistoryStore", "Search", "SimilarityQuery"]
 
 
 class Embedder(Protocol):

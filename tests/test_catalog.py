@@ -14,7 +14,7 @@ from qdrant_client import AsyncQdrantClient, models
 
 from gateway.catalog import CatalogStore, EdgeCatalog, QdrantClientCatalog
 from gateway.catalog.edge import MODEL_FILE
-from gateway.catalog.store import numeric_attributes
+from gateway.catalog.store import Search, numeric_attributes
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import (
@@ -436,15 +436,19 @@ async def test_a_qdrant_url_that_never_answers_times_out_as_unavailable(tmp_path
         await server.wait_closed()
 
 
-async def test_a_batch_search_answers_each_query_as_a_search_under_the_same_filter(loaded: CatalogStore) -> None:
-    excluded = [ITEMS[0].product_id, ITEMS[7].product_id]
+async def test_a_batch_search_answers_each_search_under_its_own_limit_and_filter(loaded: CatalogStore) -> None:
+    excluded = (ITEMS[0].product_id, ITEMS[7].product_id)
     where = ProductFilter(("bags", "boots"))
-    batch = await loaded.search_batch(QUERIES[:3], 8, where, exclude_ids=excluded)
-    assert len(batch) == 3
-    for query, hits in zip(QUERIES[:3], batch, strict=True):
+    searches = [Search(QUERIES[0], 8, where, excluded), Search(QUERIES[1], 3), Search(QUERIES[2], 8, where, excluded),
+                Search(QUERIES[3], 5, ProductFilter(ranges=(AttributeRange("price", minimum=30),)))]
+    batch = await loaded.search_batch(searches)
+    assert len(batch) == len(searches)
+    for search, hits in zip(searches, batch, strict=True):
         assert_same_ranking([(hit.item.product_id, hit.score) for hit in hits],
-                            exact_ranking(ITEMS, query, 8, where, excluded))
-    assert await loaded.search_batch([], 8) == []
+                            exact_ranking(ITEMS, search.vector, search.limit, search.where, search.exclude_ids))
+    assert await loaded.search_batch([]) == []
+    with pytest.raises(InvalidArgument, match="limit must be at least 1"):
+        await loaded.search_batch([Search(QUERIES[0], 8), Search(QUERIES[1], 0)])
 
 
 async def test_neighbour_similarities_are_set_read_back_and_skip_unknown_products(store: CatalogStore) -> None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -28,9 +29,11 @@ from gateway.domain import Feedback, ModelInfo, ShopperRecord, Unavailable, View
 from gateway.experiments import Arm, Experiments
 from gateway.history import RedisHistory
 from gateway.pipeline import Pipeline, RecommendQuery
+from gateway.ports import Search
 from gateway.serving import Serving
 from harness.gateway import RunningGateway, in_process, over
 from harness.health import eventually
+from ranker import Boost, Rules
 from recsys_api.v1 import recsys_pb2 as pb
 from recsys_api.v1 import recsys_pb2_grpc as pb_grpc
 from stack.net import free_port
@@ -604,3 +607,37 @@ async def test_a_gateway_over_a_catalog_of_another_model_refuses_with_how_to_rei
     details = error.value.details() or ""
     assert "resnet50" in details and "make index RECREATE=1" in details
     assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class CountingCatalog:
+    """The catalog, recording the searches of each batch it is sent."""
+
+    def __init__(self, catalog: Any) -> None:
+        self._catalog = catalog
+        self.batches: list[list[Search]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    async def search_batch(self, searches: Sequence[Search]) -> list[list[Any]]:
+        self.batches.append(list(searches))
+        return await self._catalog.search_batch(searches)
+
+
+async def test_the_searches_of_a_query_go_to_the_engine_in_one_batch_each(stack, catalog_ids_by_category):
+    pipeline = stack.gateway.pipeline
+    counting = CountingCatalog(pipeline.catalog)
+    counted = pipeline.with_backends(pipeline.embedder, counting)
+    viewed = catalog_ids_by_category["Shirt"][:4]
+    for product_id in viewed:
+        await counted.record_feedback("batched-shopper", product_id)
+    boost = Boost("bags", "category", frozenset({"Bag"}), 0.5)
+    counting.batches.clear()
+    await counted.recommend(RecommendQuery(user_id="batched-shopper", product_id=viewed[0], rules=Rules((boost,))))
+    shopper_batch, query_batch = counting.batches
+    assert [search.limit for search in shopper_batch] == [stack.settings.rank_view_pool] * 3, "three recent views"
+    assert [search.where.categories for search in query_batch] == [(), ("Bag",)], "the query, then the boost"
+    counting.batches.clear()
+    await counted.recommend(RecommendQuery(user_id="batched-shopper"))
+    [history_only] = counting.batches
+    assert len(history_only) == 1 + 3, "the taste vector and three recent views in one batch"

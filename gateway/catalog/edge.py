@@ -37,13 +37,14 @@ from gateway.catalog.store import (
     ITEM_FIELDS,
     NEIGHBOUR_FIELD,
     THUMBNAIL_FIELD,
+    Search,
     SimilarityQuery,
     SimilarityTarget,
-    check_limit,
     checked_items,
     checked_vector,
     ensure_built_with,
     excluded_conditions,
+    filters_of,
     indexing_threshold_kb,
     item_from_point,
     model_from_record,
@@ -124,18 +125,12 @@ class EdgeCatalog:
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
-        return (await self.search_batch([vector], limit, where, exclude_ids))[0]
+        return (await self.search_batch([Search(vector, limit, where, tuple(exclude_ids))]))[0]
 
-    async def search_batch(
-        self,
-        vectors: Sequence[np.ndarray],
-        limit: int,
-        where: ProductFilter = EVERY_PRODUCT,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[list[Neighbour]]:
-        """`search` for each vector, under the same limit and filter; the searches go to the engine as one batch."""
-        check_limit(limit)
-        return await self._in_thread(self._search_batch, vectors, limit, where, exclude_ids) if vectors else []
+    async def search_batch(self, searches: Sequence[Search]) -> list[list[Neighbour]]:
+        """The answer of each search, each under its own limit and filter; they go to the engine as one batch."""
+        filters = filters_of(searches, _filter)
+        return await self._in_thread(self._search_batch, searches, filters) if searches else []
 
     async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
         """Store each product's mean cosine similarity to its nearest neighbours; products not stored are
@@ -252,22 +247,19 @@ class EdgeCatalog:
                 self._points = _live_points(shard)
         return len(existing)
 
-    def _search_batch(
-        self, vectors: Sequence[np.ndarray], limit: int, where: ProductFilter, exclude_ids: Sequence[str]
-    ) -> list[list[Neighbour]]:
+    def _search_batch(self, searches: Sequence[Search], filters: Sequence[Filter | None]) -> list[list[Neighbour]]:
         shard, model = self._opened()
         exact = self._points <= self._exact_search_max_points
-        search_filter = _filter(where, exclude_ids)
         requests = [
             QueryRequest(
-                limit=limit,
-                query=Query.Nearest(checked_vector(vector, model.dim)),
+                limit=search.limit,
+                query=Query.Nearest(checked_vector(search.vector, model.dim)),
                 filter=search_filter,
                 with_payload=ITEM_FIELDS,
                 with_vector=False,
-                params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
+                params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(self._hnsw_ef, search.limit)),
             )
-            for vector in vectors
+            for search, search_filter in zip(searches, filters, strict=True)
         ]
         with self._engine_errors():
             answers = shard.query_batch(QueryBatchRequest(requests))

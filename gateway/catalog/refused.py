@@ -4,7 +4,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gateway.catalog.store import SimilarityQuery
+from gateway.catalog.store import Search, SimilarityQuery
 from gateway.domain import EVERY_PRODUCT, CatalogItem, FailedPrecondition, ModelInfo, Neighbour, ProductFilter
 
 
@@ -32,8 +32,7 @@ class RefusedCatalog:
                      exclude_ids: Sequence[str] = ()) -> list[Neighbour]:
         raise self._reason
 
-    async def search_batch(self, vectors: Sequence[np.ndarray], limit: int, where: ProductFilter = EVERY_PRODUCT,
-                           exclude_ids: Sequence[str] = ()) -> list[list[Neighbour]]:
+    async def search_batch(self, searches: Sequence[Search]) -> list[list[Neighbour]]:
         raise self._reason
 
     async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:

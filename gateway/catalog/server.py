@@ -17,13 +17,14 @@ from gateway.catalog.store import (
     ITEM_FIELDS,
     NEIGHBOUR_FIELD,
     THUMBNAIL_FIELD,
+    Search,
     SimilarityQuery,
     SimilarityTarget,
-    check_limit,
     checked_items,
     checked_vector,
     ensure_built_with,
     excluded_conditions,
+    filters_of,
     indexing_threshold_kb,
     item_from_point,
     model_from_record,
@@ -122,25 +123,18 @@ class QdrantClientCatalog:
         exclude_ids: Sequence[str] = (),
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
-        return (await self.search_batch([vector], limit, where, exclude_ids))[0]
+        return (await self.search_batch([Search(vector, limit, where, tuple(exclude_ids))]))[0]
 
-    async def search_batch(
-        self,
-        vectors: Sequence[np.ndarray],
-        limit: int,
-        where: ProductFilter = EVERY_PRODUCT,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[list[Neighbour]]:
-        """`search` for each vector, under the same limit and filter; the searches go to the server as one batch."""
-        check_limit(limit)
-        if not vectors:
+    async def search_batch(self, searches: Sequence[Search]) -> list[list[Neighbour]]:
+        """The answer of each search, each under its own limit and filter; they go to the server as one batch."""
+        filters = filters_of(searches, _filter)
+        if not searches:
             return []
         dim = self._opened().dim
-        search_filter = _filter(where, exclude_ids)
         requests = [
-            models.QueryRequest(query=checked_vector(vector, dim), filter=search_filter, limit=limit,
+            models.QueryRequest(query=checked_vector(search.vector, dim), filter=search_filter, limit=search.limit,
                                 with_payload=ITEM_FIELDS, with_vector=False)
-            for vector in vectors
+            for search, search_filter in zip(searches, filters, strict=True)
         ]
         with self._server_errors():
             responses = await self._client.query_batch_points(self.collection, requests)

@@ -8,7 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,9 +42,21 @@ REINDEX_COMMAND = "`make index RECREATE=1`"
 # A vector and the products to score against it.
 SimilarityQuery = tuple[np.ndarray, Sequence[str]]
 
+
+@dataclass(frozen=True)
+class Search:
+    """One search of a batch: the `limit` products most cosine-similar to `vector` that `where` allows, leaving out
+    `exclude_ids`."""
+
+    vector: np.ndarray
+    limit: int
+    where: ProductFilter = EVERY_PRODUCT
+    exclude_ids: tuple[str, ...] = ()
+
 # A point id as the engine is given it: text for Qdrant's API, a UUID object for the embedded engine. Callers bind
 # it to the engine's own point id type, which admits both and is the type the engine answers with.
 PointKey = TypeVar("PointKey", bound=Hashable)
+T = TypeVar("T")
 # Per query that names products: its point ids (each mapped to its product id) and its checked vector.
 SimilarityTarget = tuple[dict[PointKey, str], list[float]]
 
@@ -79,14 +91,8 @@ class CatalogStore(Protocol):
     ) -> list[Neighbour]:
         """The `limit` products most cosine-similar to `vector`, best first, without their vectors."""
 
-    async def search_batch(
-        self,
-        vectors: Sequence[np.ndarray],
-        limit: int,
-        where: ProductFilter = EVERY_PRODUCT,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[list[Neighbour]]:
-        """`search` for each vector, under the same limit and filter; the searches go to the engine as one batch."""
+    async def search_batch(self, searches: Sequence[Search]) -> list[list[Neighbour]]:
+        """The answer of each search, each under its own limit and filter; they go to the engine as one batch."""
 
     async def set_neighbour_similarities(self, values: Mapping[str, float]) -> None:
         """Store each product's mean cosine similarity to its nearest neighbours (NEIGHBOUR_FIELD); products not
@@ -237,6 +243,18 @@ def check_limit(limit: int) -> None:
     """Raise InvalidArgument unless `limit` asks for at least one result."""
     if limit < 1:
         raise InvalidArgument(f"limit must be at least 1, got {limit}")
+
+
+def filters_of(searches: Sequence[Search], build: Callable[[ProductFilter, Sequence[str]], T]) -> list[T]:
+    """Each search's engine filter made by `build`, after checking its limit; searches with the same filter and
+    exclusions share one (a batch's searches mostly do)."""
+    built: dict[tuple[ProductFilter, tuple[str, ...]], T] = {}
+    for search in searches:
+        check_limit(search.limit)
+        key = (search.where, search.exclude_ids)
+        if key not in built:
+            built[key] = build(search.where, search.exclude_ids)
+    return [built[(search.where, search.exclude_ids)] for search in searches]
 
 
 def indexing_threshold_kb(dim: int, points: int) -> int:
