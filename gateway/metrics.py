@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Stage latencies range from ~50 µs (history) to a few seconds (embedding under load).
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("decode", "embed", "search", "history", "popularity", "rerank", "total")
 DEGRADABLE_STAGES = ("history",)
 
@@ -45,6 +46,9 @@ class Metrics:
         self.feedback = Counter(
             "recsys_feedback_total", "Views, dismissals and purchases recorded, by the user's experiment arm and kind.",
             ["experiment", "kind"], registry=registry)
+        self.catalog_batch_queries = Histogram(
+            "recsys_catalog_batch_queries", "Queries per catalog batch call (searches or similarity lookups); "
+            "above a request's own with SEARCH_BATCH_WINDOW_MS.", buckets=BATCH_BUCKETS, registry=registry)
         self.in_flight = Gauge(
             "recsys_in_flight", "Work in progress under an admission limit (requests, image queries).", ["work"],
             registry=registry)

@@ -32,6 +32,7 @@ from ranker import (
 from ranker.rules import CATEGORY_KEY, key_value
 
 from .admission import Admission
+from .batching import Coalescer
 from .config import Settings
 from .domain import (
     EVERY_PRODUCT,
@@ -184,12 +185,21 @@ class Pipeline:
             metrics.recommendations.labels(arm.name)
         self._image_work = Admission("image queries", settings.max_concurrent_images, metrics.in_flight)
         self._items = self._item_cache()
+        self._batch_catalog_calls()
+
+    def _batch_catalog_calls(self) -> None:
+        """The catalog's batch calls, combined across concurrent requests within SEARCH_BATCH_WINDOW_MS."""
+        window_s = self._settings.search_batch_window_ms / 1000
+        observe = self._metrics.catalog_batch_queries.observe
+        self._searches = Coalescer(self.catalog.search_batch, window_s, observe)
+        self._similarities = Coalescer(self.catalog.similarities, window_s, observe)
 
     def with_backends(self, embedder: Embedder, catalog: CatalogStore) -> "Pipeline":
         """This pipeline over another embedder and catalog (a model rollout), sharing everything else."""
         switched = copy.copy(self)
         switched.embedder, switched.catalog = embedder, catalog
         switched._items = self._item_cache()  # another catalog holds other vectors
+        switched._batch_catalog_calls()
         return switched
 
     def with_weights(self, weights: Weights) -> "Pipeline":
@@ -497,17 +507,18 @@ class Pipeline:
             return visual, [], []
         with self._metrics.stage("search"):
             answers = await self._within("catalog similarity", self._settings.search_timeout_s,
-                                         self.catalog.similarities(queries))
+                                         self._similarities(queries))
         views = len(shopper.view_vectors)
         return visual | answers[0], answers[1:1 + views], answers[1 + views:]
 
     async def _search_batch(self, searches: Sequence[Search]) -> list[list[Neighbour]]:
-        """The searches' answers, from one engine batch."""
+        """The searches' answers, from one engine batch (shared with concurrent requests' searches within
+        SEARCH_BATCH_WINDOW_MS)."""
         if not searches:
             return []
         with self._metrics.stage("search"):
             return await self._within("catalog search", self._settings.search_timeout_s,
-                                      self.catalog.search_batch(searches))
+                                      self._searches(searches))
 
     @staticmethod
     async def _within(what: str, timeout_s: float, work: Awaitable[T]) -> T:

@@ -610,11 +610,12 @@ async def test_a_gateway_over_a_catalog_of_another_model_refuses_with_how_to_rei
 
 
 class CountingCatalog:
-    """The catalog, recording the searches of each batch it is sent."""
+    """The catalog, recording the searches of each batch it is sent, and the size of each similarity batch."""
 
     def __init__(self, catalog: Any) -> None:
         self._catalog = catalog
         self.batches: list[list[Search]] = []
+        self.similarity_batches: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._catalog, name)
@@ -622,6 +623,10 @@ class CountingCatalog:
     async def search_batch(self, searches: Sequence[Search]) -> list[list[Any]]:
         self.batches.append(list(searches))
         return await self._catalog.search_batch(searches)
+
+    async def similarities(self, queries: Sequence[Any]) -> list[dict[str, float]]:
+        self.similarity_batches.append(len(queries))
+        return await self._catalog.similarities(queries)
 
 
 async def test_the_searches_of_a_query_go_to_the_engine_in_one_batch_each(stack, catalog_ids_by_category):
@@ -641,3 +646,29 @@ async def test_the_searches_of_a_query_go_to_the_engine_in_one_batch_each(stack,
     await counted.recommend(RecommendQuery(user_id="batched-shopper"))
     [history_only] = counting.batches
     assert len(history_only) == 1 + 3, "the taste vector and three recent views in one batch"
+
+
+async def test_concurrent_requests_share_engine_batches_within_the_window_and_get_the_same_lists(
+        stack, catalog_ids_by_category):
+    gateway_pipeline = stack.gateway.pipeline
+    counting = CountingCatalog(gateway_pipeline.catalog)
+    shirts = catalog_ids_by_category["Shirt"]
+    users = [f"window-shopper-{index}" for index in range(6)]
+    for index, user in enumerate(users):
+        await gateway_pipeline.record_feedback(user, shirts[index + 1])
+    queries = [RecommendQuery(user_id=user, product_id=shirts[0], limit=5) for user in users]
+    alone = [await gateway_pipeline.recommend(query) for query in queries]
+    settings = stack.settings.model_copy(update={"search_batch_window_ms": 20.0})
+    with ThreadPoolExecutor(1) as decode_pool:
+        batching = Pipeline(gateway_pipeline.embedder, counting, gateway_pipeline.history, settings, stack.metrics,
+                            decode_pool)
+        together = await asyncio.gather(*(batching.recommend(query) for query in queries))
+        assert [[item.product_id for item in result.items] for result in together] == \
+               [[item.product_id for item in result.items] for result in alone]
+        assert [item.score for item in together[0].items] == pytest.approx([item.score for item in alone[0].items])
+        assert len(counting.batches) < 2 * len(queries), "each request alone sends a view batch and a query batch"
+        assert sum(len(batch) for batch in counting.batches) == 2 * len(queries), "one view search, one query search"
+        assert len(counting.similarity_batches) < len(queries)
+        counting.batches.clear()
+        assert (await batching.recommend(queries[0])).items == alone[0].items, "a request alone is answered too"
+        assert len(counting.batches) == 2
