@@ -2,9 +2,11 @@
 
 1. the TorchScript model in-process, per batch size, against a matmul ceiling;
 2. Triton alone and 3. the gateway end to end, alternating at the same concurrency (at concurrency 1 also a bare
-   health check of the gateway), then py-spy on the gateway;
+   health check of the gateway);
 4. vector search on the embedded Qdrant engine (100 k points by default, `--points 1000000` for 1 M);
 5. the history fetch from Redis and bulk ingestion;
+6. the gateway's CPU per request by stage (py-spy), history on and off, for this code, the commit `--baseline`
+   names, and this code with search batching across requests;
 and, with `--triton-variants 1x2,2x1`, Triton alone under other instance x thread counts.
 
 Writes `bench.json` and `bench.md` (and the gateway's collapsed stacks) into `--out` (default `reports/`).
@@ -13,6 +15,7 @@ Writes `bench.json` and `bench.md` (and the gateway's collapsed stacks) into `--
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -27,13 +30,12 @@ from pathlib import Path
 
 import torch
 
-from bench import model, profiling, report, serving, storage, variants, vectors
+from bench import efficiency, model, profiling, report, serving, storage, variants, vectors
 from bench.processes import child_pid, place, placements
 from bench.workload import ImageSet, load_images
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import ModelInfo
-from harness.load import closed_loop
 from model_export.triton_config import ALLOCATOR_ENV, IMAGE_SIZE
 from stack.redis import RedisServer
 from stack.triton import TritonServer
@@ -42,10 +44,10 @@ log = logging.getLogger("bench")
 
 FULL = {"images": 64, "batch_sizes": "1,4,8,16,32", "rounds": 3, "duration": 10.0, "concurrency": 8,
         "points": 100_000, "queries": 200, "exact_queries": 20, "history_fetches": 2000, "ingest_images": 128,
-        "profile_seconds": 10, "users": 32}
+        "profile_seconds": 10, "users": 32, "efficiency_rounds": 2}
 SMOKE = {"images": 8, "batch_sizes": "1,4", "rounds": 1, "duration": 1.0, "concurrency": 2, "points": 300,
          "queries": 10, "exact_queries": 5, "history_fetches": 50, "ingest_images": 32, "profile_seconds": 2,
-         "users": 2}
+         "users": 2, "efficiency_rounds": 1}
 VIEWS_PER_USER = 10
 
 
@@ -68,8 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--exact-queries", type=int, help=f"exact search queries ({FULL['exact_queries']})")
     sizes.add_argument("--history-fetches", type=int, help=f"history reads ({FULL['history_fetches']})")
     sizes.add_argument("--ingest-images", type=int, help=f"images ingested ({FULL['ingest_images']})")
-    sizes.add_argument("--profile-seconds", type=int, help=f"py-spy on the gateway ({FULL['profile_seconds']})")
+    sizes.add_argument("--profile-seconds", type=int,
+                       help=f"each py-spy run, and load run of layer 6 ({FULL['profile_seconds']})")
+    sizes.add_argument("--efficiency-rounds", type=int, help=f"rounds of layer 6 ({FULL['efficiency_rounds']})")
     sizes.add_argument("--users", type=int, help=f"shoppers with recorded views ({FULL['users']})")
+    parser.add_argument("--baseline", default="", metavar="REF",
+                        help="also measure the gateway of this git commit in layer 6, e.g. HEAD~1")
     parser.add_argument("--triton-variants", default="",
                         help="also measure Triton alone with these instances x threads, e.g. 1x2,2x1,1x1")
     args = parser.parse_args(argv)
@@ -93,9 +99,9 @@ def _load_average() -> str:
 
 
 async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: str, info: ModelInfo, images: ImageSet,
-                   work: Path, roles: dict[int, str]) -> tuple[list[serving.Comparison], profiling.Profile]:
+                   work: Path, roles: dict[int, str]) -> list[serving.Comparison]:
     """Layers 2 and 3 in alternating rounds under each core placement (at concurrency 1 also a bare health check
-    of the gateway), then py-spy on the gateway at the highest concurrency (on every core)."""
+    of the gateway)."""
     concurrencies = sorted({1, args.concurrency})
     triton_pid = next(pid for pid, role in roles.items() if role == "Triton")
     core_placements = placements()
@@ -124,16 +130,36 @@ async def _serving(args: argparse.Namespace, triton: TritonServer, redis_url: st
                                      measured.load.throughput_per_s, measured.load.latency.p50_ms,
                                      measured.load.errors)
                             runs.append(measured)
-            stacks = args.out / "bench-gateway-stacks.txt"
-            spy = await profiling.record(gateway.pid, args.profile_seconds, stacks)
-            await closed_loop(gateway_load.send, args.concurrency, args.profile_seconds)
-            profile = await profiling.finish(spy, stacks, args.profile_seconds)
         finally:
             await triton_load.close()
             await gateway_load.close()
-    comparisons = [serving.compare(runs, placement.name, concurrency)
-                   for placement in core_placements for concurrency in concurrencies]
-    return comparisons, profile
+    return [serving.compare(runs, placement.name, concurrency)
+            for placement in core_placements for concurrency in concurrencies]
+
+
+async def _efficiency(args: argparse.Namespace, triton: TritonServer, redis_url: str, info: ModelInfo,
+                      images: ImageSet, work: Path, roles: dict[int, str]
+                      ) -> tuple[list[efficiency.EfficiencySummary], profiling.Profile]:
+    """Layer 6 under the first core placement (Triton on cores of its own where there are two or more), then every
+    process back on every core."""
+    variants = [efficiency.GatewayVariant("this code")]
+    if args.baseline:
+        variants.append(efficiency.checkout(args.baseline, work / "baseline"))
+    variants += efficiency.SETTING_VARIANTS
+    triton_pid = next(pid for pid, role in roles.items() if role == "Triton")
+    core_placements = placements()
+    place(core_placements[0], triton_pid)
+
+    def start(variant: efficiency.GatewayVariant, log_path: Path
+              ) -> contextlib.AbstractAsyncContextManager[serving.GatewayProcess]:
+        return serving.gateway_process(triton.grpc_url, info.version, redis_url, work, log_path, variant.env,
+                                       variant.code)
+    try:
+        return await efficiency.bench_efficiency(variants, args.efficiency_rounds, args.concurrency,
+                                                 args.profile_seconds, start, images, args.users, roles, args.out,
+                                                 work)
+    finally:
+        place(core_placements[-1], triton_pid)
 
 
 def _fetch(url: str) -> str:
@@ -166,7 +192,9 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
         log.info("5. history fetch")
         history = await storage.bench_history(components, args.history_fetches)
         log.info("2-3. Triton alone and the gateway, concurrency 1 and %d", args.concurrency)
-        comparisons, profile = await _serving(args, triton, redis.url, info, images, work, roles)
+        comparisons = await _serving(args, triton, redis.url, info, images, work, roles)
+        log.info("6. the gateway's CPU per request by stage")
+        efficiency_report, profile = await _efficiency(args, triton, redis.url, info, images, work, roles)
         variant_results = []
         if args.triton_variants:
             log.info("Triton variants %s", ", ".join(map(str, args.triton_variants)))
@@ -189,7 +217,7 @@ async def run(args: argparse.Namespace, work: Path) -> report.BenchReport:
         "image size": IMAGE_SIZE,
     }
     return report.BenchReport(machine, serving_settings, model_report, comparisons, profile, vector_report,
-                              history, ingestion, variant_results)
+                              history, ingestion, variant_results, efficiency_report)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.efficiency import EfficiencySummary
 from bench.model import ModelReport
 from bench.profiling import Profile
 from bench.serving import Comparison, LayerSummary
@@ -43,6 +44,7 @@ class BenchReport:
     history: Latency
     ingestion: IngestReport
     triton_variants: list[VariantResult]
+    efficiency: list[EfficiencySummary]
 
     def targets(self) -> list[Target]:
         """The issue's targets; the serving ones under the first core placement (Triton on cores of its own
@@ -65,7 +67,18 @@ class BenchReport:
                    self.ingestion.images_per_s / self.model.best.images_per_s, 0.90, True),
             Target("model FLOP/s ÷ matmul ceiling at the best batch size",
                    self.model.best.fraction_of_ceiling, 0.50, True),
+            *self._cpu_targets(),
         ]
+
+    def _cpu_targets(self) -> list[Target]:
+        """Gateway CPU per history-aware request at the highest concurrency against the baseline's, when measured."""
+        saturated = max(summary.concurrency for summary in self.efficiency)
+        cpu = {s.variant: s.gateway_cpu_ms for s in self.efficiency if s.history and s.concurrency == saturated}
+        this, *others = cpu
+        baselines = [variant for variant in others if variant.startswith("commit ")]
+        return [Target(f"gateway CPU per history-aware request ÷ {baseline}'s", cpu[this] / cpu[baseline], 0.5,
+                       False, "", f"{cpu[this]:.1f} vs {cpu[baseline]:.1f} ms at concurrency {saturated}")
+                for baseline in baselines]
 
     def to_json(self) -> str:
         document = dataclasses.asdict(self)
@@ -164,11 +177,32 @@ def _profile_section(profile: Profile) -> list[str]:
     hottest = [[f"`{share.name}`", f"{share.share:.1%}"] for share in profile.hottest_functions]
     return [
         "## Gateway profile (py-spy)", "",
-        (f"{profile.samples} samples over {_f(profile.duration_s)} s at the highest concurrency: the gateway's "
+        (f"{profile.samples} samples over {_f(profile.duration_s)} s of layer 6's first variant with history at the "
+         f"highest concurrency: the gateway's "
          f"Python threads kept {profile.busy_cores:.2f} cores busy on average. Collapsed stacks (open in "
          f"speedscope.app or flamegraph.pl): `{Path(profile.flame_graph_input).name}`."), "",
         *_table(["where", "samples"], groups),
         *_table(["hottest functions (self)", "samples"], hottest),
+    ]
+
+
+def _efficiency_section(summaries: list[EfficiencySummary]) -> list[str]:
+    rows = [[s.variant, "on" if s.history else "off", str(s.concurrency), _f(s.throughput_per_s), _f(s.p50_ms),
+             _f(s.gateway_cpu_ms), _f(s.triton_cpu_ms), str(s.errors)] for s in summaries]
+    profiled = [s for s in summaries if s.stage_cpu_ms]
+    stages = list(dict.fromkeys(stage for s in profiled for stage in s.stage_cpu_ms))
+    by_stage = [[stage, *(_f(s.stage_cpu_ms.get(stage, 0.0), 2) for s in profiled)] for stage in stages]
+    by_stage.append(["**total**", *(_f(s.gateway_cpu_ms, 2) for s in profiled)])
+    return [
+        "## 6. The gateway's CPU per request", "",
+        ("Each variant is a gateway process started in turn over the same catalog, on the first core placement; "
+         "history \"on\" is a shopper with recorded views, \"off\" no user id. Medians over rounds; CPU in "
+         "milliseconds per request."), "",
+        *_table(["variant", "history", "concurrency", "requests/s", "p50 ms", "gateway CPU", "Triton CPU", "errors"],
+                rows),
+        ("CPU milliseconds per request by stage at the highest concurrency: py-spy's samples of the Python threads "
+         "by group, scaled to their CPU; the rest of the process's CPU is native threads."), "",
+        *_table(["stage", *(f"{s.variant}, history {'on' if s.history else 'off'}" for s in profiled)], by_stage),
     ]
 
 
@@ -233,9 +267,10 @@ def to_markdown(report: BenchReport) -> str:
         *_model_section(report.model),
         *_serving_section(report),
         *_variants_section(report.triton_variants),
-        *_profile_section(report.profile),
         *_vector_section(report.vectors),
         *_storage_section(report.history, report.ingestion),
+        *_efficiency_section(report.efficiency),
+        *_profile_section(report.profile),
         "## Settings measured", "",
         *_table(["setting", "value"], [[name, f"`{value}`"] for name, value in report.settings.items()]),
     ]

@@ -75,9 +75,15 @@ class GatewayLoad:
                                             timeout=TIMEOUT_S)
 
     def send(self, index: int) -> Awaitable[Outcome]:
+        return self._recommend(index, self.user(index % self._users))
+
+    def send_anonymous(self, index: int) -> Awaitable[Outcome]:
+        """The same image without a shopper: no history is read."""
+        return self._recommend(index, "")
+
+    def _recommend(self, index: int, user_id: str) -> Awaitable[Outcome]:
         return timed(GATEWAY, self._stub.Recommend(pb.RecommendRequest(
-            image=self._png[index % len(self._png)], limit=10, user_id=self.user(index % self._users)),
-            timeout=TIMEOUT_S))
+            image=self._png[index % len(self._png)], limit=10, user_id=user_id), timeout=TIMEOUT_S))
 
     def check_health(self, index: int) -> Awaitable[Outcome]:
         """A standard health check over the same channel: the cost of any call to the gateway, with no work."""
@@ -96,13 +102,19 @@ class GatewayProcess:
 
 @contextlib.asynccontextmanager
 async def gateway_process(triton_url: str, model_version: str, redis_url: str, data_dir: Path, log_path: Path,
+                          settings: Mapping[str, str] | None = None, code: Path | None = None,
                           timeout_s: float = 120.0) -> AsyncIterator[GatewayProcess]:
     """The gateway as it is deployed (`python -m gateway`), in its own process, on free ports, serving
-    `model_version` of the model."""
+    `model_version` of the model, with other `settings` (environment variables) and, given `code`, that checkout's
+    gateway instead of this tree's."""
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "TRITON_URL": triton_url, "MODEL_VERSION": model_version, "REDIS_URL": redis_url,
-           "DATA_DIR": str(data_dir), "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port)}
-    async with spawned([sys.executable, "-m", "gateway"], f"127.0.0.1:{port}", env, log_path, timeout_s) as process:
+           "DATA_DIR": str(data_dir.resolve()), "GRPC_ADDRESS": f"127.0.0.1:{port}", "METRICS_PORT": str(metrics_port),
+           **(settings or {})}
+    if code:
+        env["PYTHONPATH"] = str(code)
+    async with spawned([sys.executable, "-m", "gateway"], f"127.0.0.1:{port}", env, log_path, timeout_s,
+                       cwd=code) as process:
         yield GatewayProcess(process.pid, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
 
 

@@ -87,14 +87,15 @@ async def in_process(settings: Settings, catalog_size: int = 0, metrics_endpoint
 
 @contextlib.asynccontextmanager
 async def spawned(command: Sequence[str], target: str, env: Mapping[str, str], log_path: Path | None = None,
-                  timeout_s: float = 900.0) -> AsyncIterator["subprocess.Popen[bytes]"]:
-    """`command` in its own process and session with `env`, its output in `log_path` (default: this process's);
+                  timeout_s: float = 900.0, cwd: Path | None = None) -> AsyncIterator["subprocess.Popen[bytes]"]:
+    """`command` in its own process and session with `env` (in `cwd`, default this process's), its output in
+    `log_path` (default: this process's);
     yields the process once the gRPC health at `target` is SERVING, and stops it with SIGTERM (SIGKILL after a
     minute) at the end."""
     with contextlib.ExitStack() as files:
         log = files.enter_context(log_path.open("wb")) if log_path else None
         process = subprocess.Popen(list(command), env=dict(env), stdout=log, stderr=subprocess.STDOUT if log else None,
-                                   start_new_session=True)
+                                   start_new_session=True, cwd=cwd)
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             try:

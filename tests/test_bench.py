@@ -11,9 +11,10 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench.efficiency import NATIVE, stage_cpu_ms
 from bench.model import op_breakdown, served_config, served_version
 from bench.processes import place, placements
-from bench.profiling import summarize_stacks
+from bench.profiling import Profile, Share, summarize_stacks
 from bench.serving import stage_means_ms, stage_seconds
 from bench.variants import Variant
 from bench.vectors import K, _merge_top
@@ -25,7 +26,7 @@ from model_export.triton_config import ALLOCATOR_ENV, CPU_PROFILE, local_config,
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("## 1. The TorchScript model in-process", "## 2-3. Triton alone and the gateway end to end",
             "## Gateway profile (py-spy)", "## 4. Vector search", "## 5. History fetch and bulk ingestion",
-            "## Settings measured")
+            "## 6. The gateway's CPU per request", "## Settings measured")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="splitting cores needs two of them")
@@ -82,6 +83,16 @@ def test_stacks_are_charged_to_the_first_matching_group() -> None:
         ("catalog search and lookup (Qdrant engine)", 0.6), ("image decode", 0.3),
         ("event loop and thread hand-offs", 0.1)]
     assert hottest[0].name == "_search (gateway/catalog/edge.py:3)"
+
+
+def test_stage_cpu_splits_the_python_threads_cpu_by_group_and_charges_the_rest_to_native_threads() -> None:
+    groups = [Share("catalog search and lookup (Qdrant engine)", 0.75), Share("image decode", 0.25)]
+    profile = Profile(samples=400, duration_s=2.0, busy_cores=0.4, groups=groups, hottest_functions=[],
+                      flame_graph_input="")
+    # 0.4 busy cores at 50 requests/s: 8 ms of Python per request, of a process's 10 ms.
+    assert stage_cpu_ms(profile, process_cpu_ms=10.0, requests_per_s=50.0) == pytest.approx(
+        {"catalog search and lookup (Qdrant engine)": 6.0, "image decode": 2.0, NATIVE: 2.0})
+    assert stage_cpu_ms(profile, process_cpu_ms=6.0, requests_per_s=50.0)[NATIVE] == 0.0, "never below zero"
 
 
 @pytest.mark.parametrize(("kernel", "size", "stride"), [(3, 8, 2), (5, 8, 2), (3, 8, 1)])
@@ -154,7 +165,8 @@ def test_every_layer_measures_the_latest_exported_version_unless_one_is_asked_fo
 
 @pytest.mark.slow
 def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT, check=False,
+    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--baseline", "HEAD", "--out", str(tmp_path)],
+                            cwd=ROOT, check=False,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     markdown = (tmp_path / "bench.md").read_text()
@@ -174,6 +186,15 @@ def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path)
             comparison["round_trip_p50_ms"] is None
     assert document["vectors"]["points"] == 300 and 0 <= document["vectors"]["recall_at_10"] <= 1
     assert document["history"]["samples"] == 50 and document["ingestion"]["images"] == 16
-    assert len(document["targets"]) == 7 and all("met" in target for target in document["targets"])
+    assert len(document["targets"]) == 8 and all("met" in target for target in document["targets"])
+    assert document["targets"][-1]["name"].startswith("gateway CPU per history-aware request ÷ commit ")
+    variants = [(s["variant"].split()[0], s["history"], s["concurrency"]) for s in document["efficiency"]]
+    assert variants == [(variant, history, concurrency) for variant in ("this", "commit", "search")
+                        for history, concurrency in ((True, 1), (True, 2), (False, 2))]
+    for summary in document["efficiency"]:
+        assert summary["throughput_per_s"] > 0 and summary["errors"] == 0
+        assert summary["gateway_cpu_ms"] > 0
+        if summary["concurrency"] == 2:
+            assert sum(summary["stage_cpu_ms"].values()) == pytest.approx(summary["gateway_cpu_ms"])
     assert document["profile"]["samples"] > 0
     assert (tmp_path / "bench-gateway-stacks.txt").read_text().strip()
