@@ -20,6 +20,11 @@ GROUPS = (
     ("event loop and thread hand-offs", ("asyncio/", "selectors.py", "concurrent/futures/", "threading.py")),
 )
 
+# py-spy counts these threads as running while they wait (an empty work queue, a poll with no events): a leaf frame
+# here is a thread blocked in C, so its samples are left out.
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py", "Thread.run (threading.py",
+               "EpollSelector.select (selectors.py", "_PollLikeSelector.select (selectors.py")
+
 
 @dataclass(frozen=True)
 class Share:
@@ -47,7 +52,8 @@ def _group(frames: list[str]) -> str:
 
 
 def summarize_stacks(collapsed: str, duration_s: float, top: int = 10) -> tuple[int, list[Share], list[Share]]:
-    """(samples, share by group, share by leaf function) of py-spy's raw (collapsed-stack) output."""
+    """(samples, share by group, share by leaf function) of py-spy's raw (collapsed-stack) output, threads waiting
+    in C left out."""
     groups: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     for line in collapsed.splitlines():
@@ -55,6 +61,8 @@ def summarize_stacks(collapsed: str, duration_s: float, top: int = 10) -> tuple[
         if not stack:
             continue
         frames = stack.split(";")
+        if frames[-1].startswith(IDLE_LEAVES):
+            continue
         groups[_group(frames)] += int(count)
         leaves[frames[-1]] += int(count)
     total = sum(groups.values())

@@ -76,9 +76,10 @@ def test_stacks_are_charged_to_the_first_matching_group() -> None:
     collapsed = (
         "main (stack/run.py:1);Pipeline._search (gateway/pipeline.py:2);_search (gateway/catalog/edge.py:3) 6\n"
         "main (stack/run.py:1);preprocess (gateway/images.py:4);resize (PIL/Image.py:5) 3\n"
-        "Thread._bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:2) 1\n")
+        "Thread._bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:2);run (x.py:3) 1\n"
+        "Thread._bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:81) 5\n")
     samples, groups, hottest = summarize_stacks(collapsed, duration_s=1.0)
-    assert samples == 10
+    assert samples == 10, "a worker waiting for work is not running"
     assert [(share.name, share.share) for share in groups] == [
         ("catalog search and lookup (Qdrant engine)", 0.6), ("image decode", 0.3),
         ("event loop and thread hand-offs", 0.1)]

@@ -278,11 +278,14 @@ class EdgeCatalog:
     def _similarities(self, queries: Sequence[SimilarityQuery]) -> list[dict[str, float]]:
         shard, model = self._opened()
         targets: list[SimilarityTarget[PointId]] = similarity_targets(queries, model.dim, point_uuid)
+        # Turning point ids into the engine's takes most of the time of building a request: once per id set.
+        id_sets = {id(by_point): by_point for by_point, _ in targets}
+        id_filters = {key: Filter(must=[HasIdCondition(set(by_point))]) for key, by_point in id_sets.items()}
         requests = [
             QueryRequest(
                 limit=len(by_point),
                 query=Query.Nearest(vector),
-                filter=Filter(must=[HasIdCondition(set(by_point))]),
+                filter=id_filters[id(by_point)],
                 with_payload=False,
                 with_vector=False,
                 params=SearchParams(exact=True),

@@ -146,9 +146,18 @@ def point_ids(product_ids: Iterable[str], as_point: Callable[[str], PointKey]) -
 
 def similarity_targets(queries: Sequence[SimilarityQuery], dim: int, as_point: Callable[[str], PointKey]
                        ) -> list[SimilarityTarget[PointKey]]:
-    """The target of each query that names products, its point ids made by `as_point`."""
-    return [({as_point(product_id): product_id for product_id in product_ids}, checked_vector(vector, dim))
-            for vector, product_ids in queries if product_ids]
+    """The target of each query that names products, its point ids made by `as_point`; queries that name the same
+    products share one mapping (a request's views all score the same candidates), so adapters build each id
+    filter once."""
+    shared: dict[tuple[str, ...], dict[PointKey, str]] = {}
+    targets = []
+    for vector, product_ids in queries:
+        if product_ids:
+            key = tuple(product_ids)
+            if key not in shared:
+                shared[key] = {as_point(product_id): product_id for product_id in product_ids}
+            targets.append((shared[key], checked_vector(vector, dim)))
+    return targets
 
 
 def similarities_by_query(queries: Sequence[SimilarityQuery], targets: Sequence[SimilarityTarget[PointKey]],
