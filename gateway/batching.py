@@ -1,10 +1,11 @@
 """Batching across requests: the catalog queries of concurrent requests go to the engine as one batch call.
 
 A `Coalescer` wraps a batch call (a list of queries in, one answer per query out). With a window of 0 it calls
-straight through. Otherwise the first caller opens a window of that length; every caller within it joins, and the
-window closes early once `max_queries` are waiting. The batch then runs as one call and each caller gets the
-answers to its own queries, or the call's error. A caller that gives up (its deadline) leaves its queries in the
-batch; nobody waits for its answers.
+straight through. Otherwise queries go at once while no batch of theirs is running, so a request alone never waits;
+queries that arrive while one runs wait for it to finish, or for the window to pass, whichever comes first, and go
+together as the next batch (earlier once `max_queries` wait). Each caller gets the answers to its own queries, or
+the call's error. A caller that gives up (its deadline) leaves its queries in the batch; nobody waits for its
+answers.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ MAX_BATCHED_QUERIES = 64
 
 
 class Coalescer(Generic[Q, A]):
-    """Combines concurrent calls of `call` that arrive within `window_s` of the first into one call."""
+    """Combines the calls of `call` that arrive while a batch runs (for at most `window_s`) into one call."""
 
     def __init__(self, call: Callable[[list[Q]], Awaitable[list[A]]], window_s: float,
                  observe_size: Callable[[int], None] = lambda size: None,
@@ -31,7 +32,8 @@ class Coalescer(Generic[Q, A]):
         self._waiting: list[tuple[Sequence[Q], asyncio.Future[list[A]]]] = []
         self._queries = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, queries: Sequence[Q]) -> list[A]:
         """The answers to `queries`, in order, from the batch they joined."""
@@ -42,7 +44,7 @@ class Coalescer(Generic[Q, A]):
         answers: asyncio.Future[list[A]] = loop.create_future()
         self._waiting.append((queries, answers))
         self._queries += len(queries)
-        if self._queries >= self._max_queries:
+        if self._queries >= self._max_queries or not self._running:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._window_s, self._flush)
@@ -53,9 +55,10 @@ class Coalescer(Generic[Q, A]):
             self._timer.cancel()
             self._timer = None
         waiting, self._waiting, self._queries = self._waiting, [], 0
+        self._running += 1
         task = asyncio.create_task(self._run(waiting))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, waiting: list[tuple[Sequence[Q], "asyncio.Future[list[A]]"]]) -> None:
         queries = [query for batch, _ in waiting for query in batch]
@@ -71,6 +74,10 @@ class Coalescer(Generic[Q, A]):
                 if not future.done():
                     future.set_exception(error)
             return
+        finally:
+            self._running -= 1
+            if self._waiting and not self._running:
+                self._flush()
         start = 0
         for batch, future in waiting:
             if not future.done():  # not cancelled by its caller's deadline
