@@ -112,9 +112,14 @@ model-unload: $(VENV)/.installed
 ## bench: every layer (model, Triton, gateway, Qdrant, Redis, ingestion) measured in one run on the same images,
 ## written to reports/bench.json and reports/bench.md; BENCH_ARGS="--points 1000000" searches 1 M vectors,
 ## BENCH_ARGS="--triton-variants 1x2,2x1" also compares Triton instance x thread counts, --smoke checks it runs
-.PHONY: bench
+.PHONY: bench triton-sweep
 bench: setup model
 	$(PY) -m bench $(BENCH_ARGS)
+
+## triton-sweep: Triton alone at concurrency 1..64 with its batcher's statistics, and the same sweep as a perf_analyzer
+## command; TRITON_URL=host:8001 measures that server (a GPU replica), otherwise the local CPU one (SWEEP_ARGS: more)
+triton-sweep: setup model
+	$(PY) -m bench.triton_sweep $(if $(TRITON_URL),--url $(TRITON_URL)) $(SWEEP_ARGS)
 
 ## webui: the web page (http://127.0.0.1:8080 unless WEBUI_HOST/WEBUI_PORT say otherwise) against a running gateway
 GATEWAY ?= localhost:50051

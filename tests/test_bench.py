@@ -11,6 +11,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench import triton_sweep
 from bench.efficiency import NATIVE, stage_cpu_ms
 from bench.model import op_breakdown, served_config, served_version
 from bench.processes import place, placements
@@ -199,3 +200,20 @@ def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path)
             assert sum(summary["stage_cpu_ms"].values()) == pytest.approx(summary["gateway_cpu_ms"])
     assert document["profile"]["samples"] > 0
     assert (tmp_path / "bench-gateway-stacks.txt").read_text().strip()
+
+
+def test_the_triton_sweep_reports_each_concurrency_with_triton_s_batch_statistics(triton_server, tmp_path: Path
+                                                                                 ) -> None:
+    argv = ["--url", triton_server.grpc_url, "--concurrency", "1,4", "--duration", "1", "--images", "4",
+            "--out", str(tmp_path)]
+    triton_sweep.main(argv)
+    document = json.loads((tmp_path / "triton-sweep.json").read_text())
+    assert document["version"] == "1"
+    assert [step["concurrency"] for step in document["steps"]] == [1, 4]
+    for step in document["steps"]:
+        assert step["throughput_per_s"] > 0 and step["errors"] == 0
+        assert 1.0 <= step["mean_batch"] <= 4.0, "one image per request, at most the CPU profile's batch of 4"
+        assert step["compute_ms_per_execution"] > 0
+    assert document["steps"][0]["mean_batch"] == pytest.approx(1.0), "alone, every request is its own batch"
+    assert "--concurrency-range $c:$c" in document["perf_analyzer_command"]
+    assert "| 4 |" in (tmp_path / "triton-sweep.md").read_text()
