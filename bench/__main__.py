@@ -32,7 +32,7 @@ import torch
 
 from bench import efficiency, model, profiling, report, serving, storage, variants, vectors
 from bench.processes import child_pid, place, placements
-from bench.workload import ImageSet, load_images
+from bench.workload import ImageSet, as_photos, load_images
 from gateway.composition import Components
 from gateway.config import Settings
 from gateway.domain import ModelInfo
@@ -156,8 +156,8 @@ async def _efficiency(args: argparse.Namespace, triton: TritonServer, redis_url:
                                        variant.code)
     try:
         return await efficiency.bench_efficiency(variants, args.efficiency_rounds, args.concurrency,
-                                                 args.profile_seconds, start, images, args.users, roles, args.out,
-                                                 work)
+                                                 args.profile_seconds, start, as_photos(images), args.users, roles,
+                                                 args.out, work)
     finally:
         place(core_placements[-1], triton_pid)
 

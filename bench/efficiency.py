@@ -5,6 +5,8 @@ round after round: this tree with its defaults, optionally another commit's code
 with `git archive`), and this tree with one efficiency setting changed (search batching, decode in Triton). Each
 start measures Recommend at concurrency 1 with history, then at the highest concurrency with history (a shopper
 with recorded views) and without (no user id), with py-spy sampling the gateway during the high-concurrency runs.
+The images are 800 x 800 JPEG photos (`bench.workload.as_photos`), so that decoding costs what it costs in
+service.
 
 CPU by stage: py-spy samples the gateway's Python threads while they run; each group of `bench.profiling` gets its
 share of those samples times the Python threads' CPU (samples ÷ rate), and what the process spent beyond that

@@ -195,9 +195,9 @@ def _efficiency_section(summaries: list[EfficiencySummary]) -> list[str]:
     by_stage.append(["**total**", *(_f(s.gateway_cpu_ms, 2) for s in profiled)])
     return [
         "## 6. The gateway's CPU per request", "",
-        ("Each variant is a gateway process started in turn over the same catalog, on the first core placement; "
-         "history \"on\" is a shopper with recorded views, \"off\" no user id. Medians over rounds; CPU in "
-         "milliseconds per request."), "",
+        ("Each variant is a gateway process started in turn over the same catalog, on the first core placement, sent "
+         "800 x 800 JPEG photos of the same products; history \"on\" is a shopper with recorded views, \"off\" no "
+         "user id. Medians over rounds; CPU in milliseconds per request."), "",
         *_table(["variant", "history", "concurrency", "requests/s", "p50 ms", "gateway CPU", "Triton CPU", "errors"],
                 rows),
         ("CPU milliseconds per request by stage at the highest concurrency: py-spy's samples of the Python threads "

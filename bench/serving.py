@@ -59,7 +59,7 @@ class GatewayLoad:
         self._channel = grpc.aio.insecure_channel(address, options=options)
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._png = images.png
+        self._encoded = images.encoded
         self._users = users
 
     @staticmethod
@@ -83,7 +83,7 @@ class GatewayLoad:
 
     def _recommend(self, index: int, user_id: str) -> Awaitable[Outcome]:
         return timed(GATEWAY, self._stub.Recommend(pb.RecommendRequest(
-            image=self._png[index % len(self._png)], limit=10, user_id=user_id), timeout=TIMEOUT_S))
+            image=self._encoded[index % len(self._encoded)], limit=10, user_id=user_id), timeout=TIMEOUT_S))
 
     def check_health(self, index: int) -> Awaitable[Outcome]:
         """A standard health check over the same channel: the cost of any call to the gateway, with no work."""

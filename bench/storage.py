@@ -46,7 +46,7 @@ async def bench_ingestion(components: Components, version: str, images: ImageSet
     configured size, decoded in the gateway's pool, embedded by Triton (model `version`), upserted into a fresh
     collection."""
     products = [NewProduct(f"ingest-{index:07d}", images.categories[index % len(images)],
-                           images.png[index % len(images)]) for index in range(count)]
+                           images.encoded[index % len(images)]) for index in range(count)]
     size = components.settings.ingest_batch_size
     async with components.building(version, INGEST_COLLECTION, recreate=True) as built:
         await built.indexer.index(products[:size])  # warm-up batch, then measured from a fresh start

@@ -1,9 +1,11 @@
 """What every layer is measured on: the same product photos, and catalog vectors grown from their embeddings."""
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from catalog_sources.fashion_mnist import load_split
 from gateway.images import encode_png, preprocess
@@ -11,22 +13,24 @@ from gateway.images import encode_png, preprocess
 # Catalog vectors: a mixture of two real embeddings plus Gaussian noise of this norm (cosine ~0.96 to
 # the mixture), so neighbourhoods look like a catalog's: dense around real products, never uniform noise.
 NOISE_NORM = 0.3
+PHOTO_SIDE = 800
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Fashion-MNIST test photos as the PNG bytes a client sends, and as the model input the gateway makes.
+    """Fashion-MNIST test photos as the encoded bytes a client sends (PNG, or JPEG for `as_photos`), and as the
+    model input the gateway makes.
 
-    `pixels` are decoded from `png` by the gateway's own preprocessing, so Triton alone and the gateway
+    `pixels` are decoded from `encoded` by the gateway's own preprocessing, so Triton alone and the gateway
     embed exactly the same tensors.
     """
 
-    png: list[bytes]
+    encoded: list[bytes]
     pixels: np.ndarray
     categories: list[str]
 
     def __len__(self) -> int:
-        return len(self.png)
+        return len(self.encoded)
 
 
 def load_images(count: int) -> ImageSet:
@@ -37,6 +41,17 @@ def load_images(count: int) -> ImageSet:
     png = [encode_png(split.images[index]) for index in range(count)]
     return ImageSet(png, np.stack([preprocess(data) for data in png]),
                     [split.category(index) for index in range(count)])
+
+
+def as_photos(images: ImageSet, side: int = PHOTO_SIDE) -> ImageSet:
+    """The same products as colour JPEG photos of `side` x `side` pixels, the size a catalog or a phone sends (the
+    28-pixel originals make decoding look free)."""
+    encoded = []
+    for pixels in images.pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).resize((side, side), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return ImageSet(encoded, np.stack([preprocess(data) for data in encoded]), images.categories)
 
 
 def perturbed_embeddings(seeds: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
