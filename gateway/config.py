@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, populate_by_name=True, extra="ignore")
 
     grpc_address: str = "[::]:50051"
+    gateway_workers: int = Field(1, ge=1)
     health_port: Port | None = None
     metrics_port: Port = 9464
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -128,12 +129,27 @@ class Settings(BaseSettings):
             raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
         if self.default_limit > self.max_limit:
             raise ValueError(f"DEFAULT_LIMIT ({self.default_limit}) must not exceed MAX_LIMIT ({self.max_limit})")
+        if self.gateway_workers > 1:
+            self._check_workers()
         shares = sum(arm.share for arm in self.rank_experiments.values())
         if self.rank_experiments and shares != BUCKETS:
             raise ValueError(f"the shares of RANK_EXPERIMENTS add up to {shares}; they must add up to {BUCKETS}")
         if label_of(None) in self.rank_experiments:
             raise ValueError(f"RANK_EXPERIMENTS: {label_of(None)!r} is reserved (the metrics label of no experiment)")
         return self
+
+    def _check_workers(self) -> None:
+        """Several workers share one port and need a catalog that several processes can open."""
+        workers = f"GATEWAY_WORKERS={self.gateway_workers}"
+        if not self.qdrant_url:
+            raise ValueError(f"{workers} needs QDRANT_URL: without it the catalog is the Qdrant engine embedded in "
+                             "the process, which one process at a time can open; run one worker (GATEWAY_WORKERS=1) "
+                             "or set QDRANT_URL to a Qdrant server")
+        for variable, port in (("GRPC_ADDRESS", self.grpc_address.rpartition(":")[2]),
+                               ("HEALTH_PORT", str(self.health_port))):
+            if port == "0":
+                raise ValueError(f"{workers} needs a fixed port in {variable} (port 0 would give each worker a "
+                                 "different free port; workers share one)")
 
     @cached_property
     def weights(self) -> Weights:

@@ -1,5 +1,10 @@
 """Prometheus metrics of the gateway; labels are bounded (method, stage, status code, configured experiment arm,
-feedback kind), never ids."""
+feedback kind), never ids.
+
+With several worker processes (GATEWAY_WORKERS) each writes its values to prometheus_client's multiprocess
+directory and the supervisor exports them merged: counters and histograms summed, and each gauge as its
+`multiprocess_mode` says, over the workers alive.
+"""
 
 import time
 from collections.abc import Iterator
@@ -35,11 +40,12 @@ class Metrics:
             self.degraded.labels(stage)  # exported as 0 from the start, so ratios exist before the first failure
         self.dependency_up = Gauge(
             "recsys_dependency_up", "1 when the dependency answered the last health check, else 0.",
-            ["dependency"], registry=registry)
+            ["dependency"], registry=registry, multiprocess_mode="livemin")  # down if any worker finds it down
         self.products_ingested = Counter(
             "recsys_products_ingested_total", "Catalog products embedded and stored.", registry=registry)
         self.catalog_products = Gauge(
-            "recsys_catalog_products", "Products in the catalog collection.", registry=registry)
+            "recsys_catalog_products", "Products in the catalog collection.", registry=registry,
+            multiprocess_mode="livemostrecent")  # the latest count any worker read
         self.recommendations = Counter(
             "recsys_recommendations_total", "Recommendation lists served, by experiment arm (\"none\" without).",
             ["experiment"], registry=registry)
@@ -51,7 +57,7 @@ class Metrics:
             "above a request's own with SEARCH_BATCH_WINDOW_MS.", buckets=BATCH_BUCKETS, registry=registry)
         self.in_flight = Gauge(
             "recsys_in_flight", "Work in progress under an admission limit (requests, image queries).", ["work"],
-            registry=registry)
+            registry=registry, multiprocess_mode="livesum")  # the pod's total; each worker admits up to its limit
 
     def record_dependencies(self, *, embedder: bool, catalog: bool, history: bool) -> None:
         """Exports whether each dependency answered the last health check."""

@@ -1,6 +1,7 @@
 """The gRPC server: our services behind the interceptor, health checking and reflection, the metrics endpoint."""
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ async def start_gateway(serving: Serving, settings: Settings, metrics: Metrics, 
     a container's HEALTHCHECK).
     """
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
-               ("grpc.max_send_message_length", settings.max_message_bytes)]
+               ("grpc.max_send_message_length", settings.max_message_bytes), *_shared_port(settings)]
     authenticator = authenticator_for(settings)
     if authenticator is None:
         log.warning("authentication is off: set AUTH_TOKENS_FILE or AUTH_TOKENS to require bearer tokens")
@@ -90,21 +91,27 @@ async def start_gateway(serving: Serving, settings: Settings, metrics: Metrics, 
     address = address or settings.grpc_address
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
-    health_server, health_port = await _start_health_server(health_servicer, address, settings.health_port)
+    health_server, health_port = await _start_health_server(health_servicer, address, settings)
     monitor = asyncio.create_task(_watch_health(serving, health_servicer))
     log.info("gateway listening on port %d (%s), health also on plaintext port %s, serving model %s", port,
              "TLS" if credentials else "plaintext", health_port or "-", serving.pipeline.embedder.info)
     return Gateway(server, port, health_servicer, serving, monitor, health_server, health_port)
 
 
-async def _start_health_server(servicer: health.aio.HealthServicer, address: str, port: int | None
+def _shared_port(settings: Settings) -> list[tuple[str, int]]:
+    """The server option that lets the worker processes (GATEWAY_WORKERS > 1) bind one port, the kernel spreading
+    new connections among them; none for a single process."""
+    return [("grpc.so_reuseport", 1)] if settings.gateway_workers > 1 else []
+
+
+async def _start_health_server(servicer: health.aio.HealthServicer, address: str, settings: Settings
                                ) -> tuple[grpc.aio.Server | None, int | None]:
-    """A plaintext server of the health service only, on `port` of the gRPC address's host (0: a free one)."""
-    if port is None:
+    """A plaintext server of the health service only, on HEALTH_PORT of the gRPC address's host (0: a free one)."""
+    if settings.health_port is None:
         return None, None
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=_shared_port(settings))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{address.rpartition(':')[0]}:{port}")
+    bound = server.add_insecure_port(f"{address.rpartition(':')[0]}:{settings.health_port}")
     await server.start()
     return server, bound
 
@@ -131,21 +138,23 @@ async def _watch_health(serving: Serving, health_servicer: health.aio.HealthServ
 
 async def serve(settings: Settings) -> None:
     """Serves until SIGINT/SIGTERM, then flips health to NOT_SERVING and drains: gRPC on GRPC_ADDRESS, metrics on
-    METRICS_PORT, the catalog behind its alias, followed through rollouts."""
+    METRICS_PORT, the catalog behind its alias, followed through rollouts. As one of several workers
+    (GATEWAY_WORKERS > 1, `gateway.workers`) it shares the gRPC and health ports, and its supervisor serves the
+    metrics."""
     components = Components(settings)
     components.check_servers()
     metrics = Metrics(CollectorRegistry())
-    metrics_server, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        async with components.serving(metrics) as serving:
-            gateway = await start_gateway(serving, settings, metrics)
-            async with follow_alias(gateway.serving, components):
-                await stop.wait()
-                log.info("shutting down: health NOT_SERVING, draining for up to %.0f s", SHUTDOWN_GRACE_S)
-                await gateway.stop()
-    finally:
-        metrics_server.shutdown()
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.gateway_workers == 1:
+            metrics_server, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
+            stack.callback(metrics_server.shutdown)
+        serving = await stack.enter_async_context(components.serving(metrics))
+        gateway = await start_gateway(serving, settings, metrics)
+        async with follow_alias(gateway.serving, components):
+            await stop.wait()
+            log.info("shutting down: health NOT_SERVING, draining for up to %.0f s", SHUTDOWN_GRACE_S)
+            await gateway.stop()
