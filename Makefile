@@ -47,8 +47,14 @@ lint: check-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-## model: export the TorchScript embedding model and its Triton config into model_repository/
-model: $(MODEL_PT)
+## model: export the TorchScript embedding model and its Triton config into model_repository/, and the image model
+## that decodes photos in Triton for it (IMAGE_PREPROCESSING=triton)
+IMAGE_MODEL_CONFIG := model_repository/image_embedder/config.pbtxt
+model: $(MODEL_PT) $(IMAGE_MODEL_CONFIG)
+
+$(IMAGE_MODEL_CONFIG): $(MODEL_PT) model_export/image_model.py model_export/triton_image_model.py gateway/images.py \
+		gateway/domain.py
+	$(PY) -m model_export.image_model --repository model_repository --embedder $(MODEL_NAME)
 
 $(MODEL_PT): $(VENV)/.installed $(wildcard model_export/*.py)
 	$(PY) -m model_export --backbone $(BACKBONE) --name $(MODEL_NAME) --repository model_repository

@@ -41,7 +41,8 @@ class GatewayVariant:
     code: Path | None = None
 
 
-SETTING_VARIANTS = (GatewayVariant("search batching 2 ms", {"SEARCH_BATCH_WINDOW_MS": "2"}),)
+SETTING_VARIANTS = (GatewayVariant("search batching 2 ms", {"SEARCH_BATCH_WINDOW_MS": "2"}),
+                    GatewayVariant("decode in Triton", {"IMAGE_PREPROCESSING": "triton"}))
 
 
 def checkout(ref: str, target: Path) -> GatewayVariant:

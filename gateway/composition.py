@@ -69,9 +69,11 @@ class Components:
                                  timeout=max(1, math.ceil(self.settings.search_timeout_s)))
 
     async def embedder(self, version: str, model_name: str = "") -> TritonEmbedder:
-        """A client of model `model_name` (default MODEL_NAME) at `version` (empty: the latest) at TRITON_URL."""
+        """A client of model `model_name` (default MODEL_NAME) at `version` (empty: the latest) at TRITON_URL, and of
+        Triton's image model with IMAGE_PREPROCESSING=triton."""
         return await TritonEmbedder.connect(self._required("triton_url"), model_name or self.settings.model_name,
-                                            version, max_message_bytes=self.settings.max_message_bytes)
+                                            version, max_message_bytes=self.settings.max_message_bytes,
+                                            decodes=self.settings.image_preprocessing == "triton")
 
     def history(self, namespace: str = DEFAULT_NAMESPACE) -> RedisHistory:
         """The shoppers' views in the Redis at REDIS_URL, under the key prefix `namespace`."""

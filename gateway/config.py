@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     item_cache_size: int = Field(10_000, ge=0)
     item_cache_ttl_s: float = Field(30.0, ge=0, allow_inf_nan=False, validation_alias="ITEM_CACHE_TTL_SECONDS")
     decode_workers: int = Field(2, ge=1)
+    image_preprocessing: Literal["gateway", "triton"] = "gateway"
     ingest_batch_size: int = Field(16, ge=1)
     max_concurrent_requests: int = Field(64, ge=1)
     max_concurrent_images: int = Field(8, ge=1)

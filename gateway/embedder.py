@@ -27,7 +27,7 @@ from gateway.domain import (
     ResourceExhausted,
     Unavailable,
 )
-from gateway.images import IMAGE_SIZE
+from gateway.images import IMAGE_SIZE, ImageLimits
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
@@ -38,6 +38,12 @@ REQUEST_OVERHEAD_BYTES = 64 * 1024  # tensor names, shapes and parameters around
 RECONNECT_BACKOFF = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
                      ("grpc.max_reconnect_backoff_ms", 1000)]
 
+# The python-backend model that decodes encoded images in Triton and runs the embedder version each request names
+# (model_export.image_model writes it; IMAGE_PREPROCESSING=triton sends it the photos).
+IMAGE_MODEL = "image_embedder"
+IMAGE_INPUT = "image"
+IMAGE_OUTPUT = "embeddings"
+
 T = TypeVar("T")
 
 
@@ -47,6 +53,8 @@ def domain_error(error: InferenceServerException, action: str, timeout_s: float)
     status = (error.status() or "").removeprefix("StatusCode.")
     if status == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(f"{action}: Triton did not answer within {timeout_s:.3g} s")
+    if status == "INVALID_ARGUMENT":  # only the image model refuses what a caller sent (a photo it cannot use)
+        return InvalidArgument(message)
     if status == "RESOURCE_EXHAUSTED" or "maximum queue size" in message:
         return ResourceExhausted(f"{action}: Triton is overloaded ({message}); retry later")
     return Unavailable(f"{action}: Triton failed ({status or 'error'}: {message}); retry later")
@@ -87,6 +95,17 @@ def check_model(metadata: service_pb2.ModelMetadataResponse, config: model_confi
                      dim=int(outputs[0].shape[1]))
 
 
+def check_image_model(metadata: service_pb2.ModelMetadataResponse, dim: int) -> None:
+    """FailedPrecondition unless the model takes encoded images and returns vectors of `dim` numbers."""
+    inputs, outputs = list(metadata.inputs), list(metadata.outputs)
+    if [(tensor.name, tensor.datatype, list(tensor.shape)) for tensor in inputs] != [(IMAGE_INPUT, "BYTES", [-1, 1])] \
+            or [(tensor.name, tensor.datatype, list(tensor.shape)) for tensor in outputs] != \
+            [(IMAGE_OUTPUT, "FP32", [-1, dim])]:
+        raise FailedPrecondition(f"Triton model '{metadata.name}' takes {_describe(inputs)} and returns "
+                                 f"{_describe(outputs)}; IMAGE_PREPROCESSING=triton needs the image model that "
+                                 f"`make model` writes (encoded images in, FP32 [-1, {dim}] out)")
+
+
 def _validate(images: np.ndarray) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
             or images.shape[1:] != IMAGE_SHAPE or len(images) == 0:
@@ -103,18 +122,21 @@ class TritonEmbedder:
     """
 
     def __init__(self, client: InferenceServerClient, url: str, info: ModelInfo, input_name: str,
-                 output_name: str, max_batch_size: int) -> None:
+                 output_name: str, max_batch_size: int, decodes: bool = False) -> None:
         self.info = info
         self.url = url
         self.max_batch_size = max_batch_size
+        self.decodes = decodes
         self._client = client
         self._input_name = input_name
         self._output_name = output_name
 
     @classmethod
     async def connect(cls, url: str, model_name: str, model_version: str = "", timeout_s: float = 10.0,
-                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> "TritonEmbedder":
-        """Checks the model served at ``url`` (latest version unless one is given) and returns its embedder."""
+                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decodes: bool = False
+                      ) -> "TritonEmbedder":
+        """Checks the model served at ``url`` (latest version unless one is given) and returns its embedder; with
+        ``decodes``, also Triton's image model, which `embed_encoded` sends photos to."""
         images_per_message = (max_message_bytes - REQUEST_OVERHEAD_BYTES) // IMAGE_BYTES
         if images_per_message < 1:
             raise ValueError(f"max_message_bytes={max_message_bytes} cannot hold one {IMAGE_BYTES}-byte image")
@@ -128,11 +150,19 @@ class TritonEmbedder:
             config = await _checked(client.get_model_config(model_name, model_version, client_timeout=timeout_s),
                                     action, timeout_s)
             info = check_model(metadata, config.config, model_version)
+            if decodes:
+                try:
+                    image_model = await _checked(client.get_model_metadata(IMAGE_MODEL, client_timeout=timeout_s),
+                                                 action, timeout_s)
+                except Unavailable as error:
+                    raise FailedPrecondition(f"IMAGE_PREPROCESSING=triton needs Triton's model '{IMAGE_MODEL}', which "
+                                             f"`make model` writes: {error}") from None
+                check_image_model(image_model, info.dim)
         except BaseException:
             await client.close()
             raise
         return cls(client, url, info, metadata.inputs[0].name, metadata.outputs[0].name,
-                   min(config.config.max_batch_size or images_per_message, images_per_message))
+                   min(config.config.max_batch_size or images_per_message, images_per_message), decodes)
 
     async def embed(self, images: np.ndarray, timeout_s: float) -> np.ndarray:
         """L2-normalised float32 [N, D] embeddings of uint8 [N, 224, 224, 3] images, within ``timeout_s``.
@@ -167,6 +197,27 @@ class TritonEmbedder:
             raise Unavailable(f"{self.info} at {self.url} returned {got} for {len(batch)} images; "
                               f"expected [{len(batch)}, {self.info.dim}]")
         return vectors
+
+    async def embed_encoded(self, data: bytes, limits: ImageLimits, timeout_s: float) -> np.ndarray:
+        """The L2-normalised float32 [D] embedding of one encoded photo, decoded in Triton under `limits` (with the
+        gateway's own code, so the vector is the one `embed` gives for its decoded pixels); a photo it refuses is
+        InvalidArgument with the message the gateway's decoding gives."""
+        if timeout_s <= 0:
+            raise DeadlineExceeded(f"embedding an image with {self.info} ran out of its {timeout_s:.3g} s budget")
+        request = InferInput(IMAGE_INPUT, [1, 1], "BYTES")
+        request.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+        parameters = {"model_version": self.info.version, "image_max_bytes": limits.max_bytes,
+                      "image_max_pixels": limits.max_pixels, "image_max_side": limits.max_side}
+        result = await _checked(
+            self._client.infer(IMAGE_MODEL, [request], outputs=[InferRequestedOutput(IMAGE_OUTPUT)],
+                               client_timeout=timeout_s, parameters=parameters),
+            f"embedding an image with {self.info} at {self.url}", timeout_s)
+        vectors = result.as_numpy(IMAGE_OUTPUT)
+        if vectors is None or vectors.shape != (1, self.info.dim):
+            got = "nothing" if vectors is None else list(vectors.shape)
+            raise Unavailable(f"{IMAGE_MODEL} at {self.url} returned {got} for one image; "
+                              f"expected [1, {self.info.dim}]")
+        return vectors[0]
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """Whether Triton serves this model version now; never raises."""

@@ -398,12 +398,18 @@ class Pipeline:
         return None
 
     async def embed_image(self, data: bytes, decoded: Callable[[], None]) -> np.ndarray:
-        """The embedding of one encoded image: decoded in the pool (then `decoded` is called), embedded by Triton.
+        """The embedding of one encoded image: decoded in the pool (then `decoded` is called), embedded by Triton;
+        with an embedder that decodes (IMAGE_PREPROCESSING=triton), sent to Triton as it is.
 
         At most `max_concurrent_images` run at once; past that ResourceExhausted, so that the images
         admitted keep their latency and queries without an image are not held up behind them.
         """
         with self._image_work.slot():
+            if self.embedder.decodes:
+                decoded()
+                with self._metrics.stage("embed"):
+                    return await self.embedder.embed_encoded(data, self._settings.image_limits,
+                                                             self._settings.embed_timeout_s)
             with self._metrics.stage("decode"):
                 pixels = await asyncio.get_running_loop().run_in_executor(
                     self._decode_pool, preprocess, data, self._settings.image_limits)

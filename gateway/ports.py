@@ -7,16 +7,21 @@ import numpy as np
 
 from .catalog.store import CatalogStore, Search, SimilarityQuery
 from .domain import Feedback, ModelInfo, ShopperRecord, View
+from .images import ImageLimits
 
 __all__ = ["CatalogStore", "Embedder", "HistoryStore", "Search", "SimilarityQuery"]
 
 
 class Embedder(Protocol):
-    """Turns preprocessed images (uint8 [N,224,224,3]) into L2-normalised embeddings (float32 [N,D])."""
+    """Turns preprocessed images (uint8 [N,224,224,3]) into L2-normalised embeddings (float32 [N,D]); one that
+    `decodes` also turns an encoded photo into its embedding."""
 
     info: ModelInfo
+    decodes: bool
 
     async def embed(self, images: np.ndarray, timeout_s: float) -> np.ndarray: ...
+
+    async def embed_encoded(self, data: bytes, limits: ImageLimits, timeout_s: float) -> np.ndarray: ...
 
     async def ready(self) -> bool: ...
 

@@ -31,7 +31,14 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from model_export.triton_config import ALLOCATOR_ENV, CPU_PROFILE, TritonProfile, local_config
+from model_export.triton_config import (
+    ALLOCATOR_ENV,
+    CPU_PROFILE,
+    PRODUCTION_PLATFORM,
+    TritonProfile,
+    local_config,
+    parse_config,
+)
 from stack.net import free_port
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,9 @@ def derive_local_repository(production: Path, local: Path, profile: TritonProfil
     shutil.rmtree(local, ignore_errors=True)
     for model_dir in model_dirs:
         target = local / model_dir.name
+        if not is_embedder(model_dir):  # a python-backend model (the image model) runs here as it is
+            shutil.copytree(model_dir, target)
+            continue
         target.mkdir(parents=True)
         (target / "config.pbtxt").write_text(local_config((model_dir / "config.pbtxt").read_text(), profile))
         for version_dir in _version_dirs(model_dir):
@@ -73,13 +83,20 @@ def derive_local_repository(production: Path, local: Path, profile: TritonProfil
     return [model_dir.name for model_dir in model_dirs]
 
 
+def is_embedder(model_dir: Path) -> bool:
+    """Whether the model in `model_dir` is an exported TorchScript embedder (rather than a python-backend model)."""
+    return parse_config((model_dir / "config.pbtxt").read_text()).platform == PRODUCTION_PLATFORM
+
+
 def with_versions(repository: Path, target: Path, versions: tuple[str, ...]) -> Path:
-    """``target`` as a repository of the models in ``repository`` with only ``versions`` (linked, not copied)."""
+    """``target`` as a repository of the models in ``repository`` with only ``versions`` of the embedders (linked,
+    not copied); other models (the image model) keep theirs."""
     for config in repository.glob("*/config.pbtxt"):
         model_dir = target / config.parent.name
         model_dir.mkdir(parents=True)
         (model_dir / "config.pbtxt").symlink_to(config.resolve())
-        for version in versions:
+        kept = versions if is_embedder(config.parent) else [path.name for path in _version_dirs(config.parent)]
+        for version in kept:
             if (config.parent / version).is_dir():
                 (model_dir / version).symlink_to((config.parent / version).resolve())
     return target

@@ -470,8 +470,12 @@ class EmbedderNotUsed:
     """Setting neighbour similarities reads the catalog only."""
 
     info = MODEL
+    decodes = False
 
     async def embed(self, images: np.ndarray, timeout_s: float) -> np.ndarray:
+        raise AssertionError("not used")
+
+    async def embed_encoded(self, data: bytes, limits: ImageLimits, timeout_s: float) -> np.ndarray:
         raise AssertionError("not used")
 
     async def ready(self) -> bool:

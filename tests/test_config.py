@@ -66,6 +66,7 @@ def test_booleans_take_the_usual_spellings(monkeypatch: pytest.MonkeyPatch, valu
      "RANK_EXPERIMENTS[a][history_temperature]=0: Input should be greater than 0"),
     ("RANK_EXPERIMENTS", '{"a b": {"share": 100}}', "RANK_EXPERIMENTS[a b][[key]]='a b': String should match pattern"),
     ("RANK_EXPERIMENTS", '{"none": {"share": 100}}', "'none' is reserved"),
+    ("IMAGE_PREPROCESSING", "gpu", "IMAGE_PREPROCESSING='gpu': Input should be 'gateway' or 'triton'"),
 ])
 def test_a_bad_value_names_the_variable_and_what_is_expected(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                               expected: str):

@@ -25,7 +25,7 @@ from PIL import Image
 from catalog_sources.fashion_mnist import load_split
 from gateway.composition import Components
 from gateway.config import Settings
-from gateway.domain import Feedback, ModelInfo, ShopperRecord, Unavailable, View
+from gateway.domain import Feedback, InvalidArgument, ModelInfo, ShopperRecord, Unavailable, View
 from gateway.experiments import Arm, Experiments
 from gateway.history import RedisHistory
 from gateway.pipeline import Pipeline, RecommendQuery
@@ -672,3 +672,26 @@ async def test_concurrent_requests_share_engine_batches_within_the_window_and_ge
         counting.batches.clear()
         assert (await batching.recommend(queries[0])).items == alone[0].items, "a request alone is answered too"
         assert len(counting.batches) == 2
+
+
+async def test_photos_decoded_in_triton_get_the_lists_photos_decoded_here_get(stack, test_split):
+    pipeline = stack.gateway.pipeline
+    settings = stack.settings.model_copy(update={"image_preprocessing": "triton"})
+    embedder = await Components(settings).embedder(pipeline.embedder.info.version)
+
+    def decodes() -> float | None:
+        return stack.metrics.registry.get_sample_value("recsys_stage_duration_seconds_count", {"stage": "decode"})
+    try:
+        decoding = pipeline.with_backends(embedder, pipeline.catalog)
+        for index, user_id in ((0, ""), (1, "triton-decoding-shopper")):
+            query = RecommendQuery(user_id=user_id, image=png(test_split.images[index]), limit=10)
+            here = await pipeline.recommend(query)
+            decoded_here = decodes()
+            there = await decoding.recommend(query)
+            assert decodes() == decoded_here, "the gateway decoded nothing"
+            assert [item.product_id for item in there.items] == [item.product_id for item in here.items]
+            assert [item.score for item in there.items] == pytest.approx([item.score for item in here.items], abs=1e-5)
+        with pytest.raises(InvalidArgument, match="image could not be decoded"):
+            await decoding.recommend(RecommendQuery(image=b"not a photo"))
+    finally:
+        await embedder.close()
