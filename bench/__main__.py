@@ -6,7 +6,7 @@
 4. vector search on the embedded Qdrant engine (100 k points by default, `--points 1000000` for 1 M);
 5. the history fetch from Redis and bulk ingestion;
 6. the gateway's CPU per request by stage (py-spy), history on and off, for this code, the commit `--baseline`
-   names, and this code with search batching across requests and with photos decoded in Triton;
+   names, and this code without search batching across requests and with photos decoded in Triton;
 and, with `--triton-variants 1x2,2x1`, Triton alone under other instance x thread counts.
 
 Writes `bench.json` and `bench.md` (and the gateway's collapsed stacks) into `--out` (default `reports/`).

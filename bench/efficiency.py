@@ -2,7 +2,7 @@
 
 Each variant is a gateway process (`python -m gateway`) started in turn over the same catalog, Triton and Redis,
 round after round: this tree with its defaults, optionally another commit's code (`--baseline REF`, checked out
-with `git archive`), and this tree with one efficiency setting changed (search batching, decode in Triton). Each
+with `git archive`), and this tree with one efficiency setting changed (search batching off, decode in Triton). Each
 start measures Recommend at concurrency 1 with history, then at the highest concurrency with history (a shopper
 with recorded views) and without (no user id), with py-spy sampling the gateway during the high-concurrency runs.
 The images are 800 x 800 JPEG photos (`bench.workload.as_photos`), so that decoding costs what it costs in
@@ -41,7 +41,7 @@ class GatewayVariant:
     code: Path | None = None
 
 
-SETTING_VARIANTS = (GatewayVariant("search batching 2 ms", {"SEARCH_BATCH_WINDOW_MS": "2"}),
+SETTING_VARIANTS = (GatewayVariant("no search batching", {"SEARCH_BATCH_WINDOW_MS": "0"}),
                     GatewayVariant("decode in Triton", {"IMAGE_PREPROCESSING": "triton"}))
 
 

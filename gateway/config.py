@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     request_timeout_s: PositiveSeconds = Field(5.0, validation_alias="REQUEST_TIMEOUT_SECONDS")
     embed_timeout_s: PositiveSeconds = Field(3.0, validation_alias="EMBED_TIMEOUT_SECONDS")
     search_timeout_s: PositiveSeconds = Field(1.0, validation_alias="SEARCH_TIMEOUT_SECONDS")
-    search_batch_window_ms: float = Field(0.0, ge=0, le=50, allow_inf_nan=False)
+    search_batch_window_ms: float = Field(2.0, ge=0, le=50, allow_inf_nan=False)
     history_timeout_s: PositiveSeconds = Field(0.25, validation_alias="HISTORY_TIMEOUT_SECONDS")
     item_cache_size: int = Field(10_000, ge=0)
     item_cache_ttl_s: float = Field(30.0, ge=0, allow_inf_nan=False, validation_alias="ITEM_CACHE_TTL_SECONDS")

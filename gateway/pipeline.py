@@ -52,7 +52,7 @@ from .experiments import Experiments, label_of
 from .images import preprocess
 from .item_cache import ItemCache
 from .metrics import Metrics
-from .ports import CatalogStore, Embedder, HistoryStore, Search
+from .ports import CatalogStore, Embedder, HistoryStore, Search, SimilarityQuery
 from .validation import check_filter, check_id, check_id_count, check_rules
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,15 @@ class Pipeline:
         """The catalog's batch calls, combined across concurrent requests within SEARCH_BATCH_WINDOW_MS."""
         window_s = self._settings.search_batch_window_ms / 1000
         observe = self._metrics.catalog_batch_queries.observe
-        self._searches = Coalescer(self.catalog.search_batch, window_s, observe)
-        self._similarities = Coalescer(self.catalog.similarities, window_s, observe)
+        self._searches = Coalescer(self._catalog_searches, window_s, observe)
+        self._similarities = Coalescer(self._catalog_similarities, window_s, observe)
+
+    # Through `self.catalog` at each call, so that the batches follow the catalog this pipeline holds.
+    async def _catalog_searches(self, searches: list[Search]) -> list[list[Neighbour]]:
+        return await self.catalog.search_batch(searches)
+
+    async def _catalog_similarities(self, queries: list[SimilarityQuery]) -> list[dict[str, float]]:
+        return await self.catalog.similarities(queries)
 
     def with_backends(self, embedder: Embedder, catalog: CatalogStore) -> "Pipeline":
         """This pipeline over another embedder and catalog (a model rollout), sharing everything else."""

@@ -191,7 +191,7 @@ def test_the_smoke_run_writes_every_layer_into_json_and_markdown(tmp_path: Path)
     assert len(document["targets"]) == 8 and all("met" in target for target in document["targets"])
     assert document["targets"][-1]["name"].startswith("gateway CPU per history-aware request ÷ commit ")
     variants = [(s["variant"].split()[0], s["history"], s["concurrency"]) for s in document["efficiency"]]
-    assert variants == [(variant, history, concurrency) for variant in ("this", "commit", "search", "decode")
+    assert variants == [(variant, history, concurrency) for variant in ("this", "commit", "no", "decode")
                         for history, concurrency in ((True, 1), (True, 2), (False, 2))]
     for summary in document["efficiency"]:
         assert summary["throughput_per_s"] > 0 and summary["errors"] == 0
