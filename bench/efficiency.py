@@ -81,6 +81,7 @@ class EfficiencySummary:
     throughput_per_s: float
     p50_ms: float
     errors: int
+    first_error: str
     gateway_cpu_ms: float
     triton_cpu_ms: float
     stage_cpu_ms: dict[str, float]
@@ -161,6 +162,7 @@ def summarize(runs: Sequence[EfficiencyRun]) -> list[EfficiencySummary]:
             statistics.median(run.load.throughput_per_s for run in same),
             statistics.median(run.load.latency.p50_ms for run in same),
             sum(run.load.errors for run in same),
+            next((run.load.first_error for run in same if run.load.errors), ""),
             statistics.median(run.cpu_ms_per_request.get(GATEWAY_ROLE, 0.0) for run in same),
             statistics.median(run.cpu_ms_per_request.get("Triton", 0.0) for run in same),
             {stage: statistics.median(run.stage_cpu_ms.get(stage, 0.0) for run in same) for stage in stages}))

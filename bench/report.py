@@ -200,6 +200,8 @@ def _efficiency_section(summaries: list[EfficiencySummary]) -> list[str]:
          "user id. Medians over rounds; CPU in milliseconds per request."), "",
         *_table(["variant", "history", "concurrency", "requests/s", "p50 ms", "gateway CPU", "Triton CPU", "errors"],
                 rows),
+        *(f"First failure of {s.variant}, history {'on' if s.history else 'off'}, concurrency {s.concurrency}: "
+          f"{s.first_error}\n" for s in summaries if s.errors),
         ("CPU milliseconds per request by stage at the highest concurrency: py-spy's samples of the Python threads "
          "by group, scaled to their CPU; the rest of the process's CPU is native threads."), "",
         *_table(["stage", *(f"{s.variant}, history {'on' if s.history else 'off'}" for s in profiled)], by_stage),

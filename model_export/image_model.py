@@ -18,22 +18,22 @@ from tritonclient.grpc import model_config_pb2
 import gateway
 from gateway.embedder import IMAGE_INPUT, IMAGE_MODEL, IMAGE_OUTPUT
 from model_export.export import CONFIG_FILENAME, READABLE_DIRECTORY, write_atomically
-from model_export.triton_config import INPUT_NAME, OUTPUT_NAME, parse_config
+from model_export.triton_config import INPUT_NAME, OUTPUT_NAME, TritonProfile, parse_config
 
 SOURCE = Path(__file__).resolve().with_name("triton_image_model.py")
 # The gateway's decoding and what it imports, shipped as a package next to the model.
 DECODING_MODULES = ("domain.py", "images.py")
 VERSION = "1"
-# Decoding runs on the Triton host's CPU cores, one request's images per instance at a time; the requests waiting
-# together (up to MAX_BATCH images) reach the embedder as one batch.
+# Decoding runs on the Triton host's CPU cores, one batch of requests per instance at a time; the requests waiting
+# together reach the embedder as one batch, so the image model batches at most as many images as the embedder.
 INSTANCES = 2
-MAX_BATCH = 32
 QUEUE_DELAY_US = 500
 
 
-def render_image_config(embedder: str, dim: int, instances: int = INSTANCES) -> str:
-    """config.pbtxt of the image model in front of `embedder`, whose vectors have `dim` numbers."""
-    config = model_config_pb2.ModelConfig(name=IMAGE_MODEL, backend="python", max_batch_size=MAX_BATCH)
+def render_image_config(embedder: str, dim: int, max_batch_size: int, instances: int = INSTANCES) -> str:
+    """config.pbtxt of the image model in front of `embedder`, whose vectors have `dim` numbers and whose batches
+    hold at most `max_batch_size` images."""
+    config = model_config_pb2.ModelConfig(name=IMAGE_MODEL, backend="python", max_batch_size=max_batch_size)
     config.input.add(name=IMAGE_INPUT, data_type=model_config_pb2.TYPE_STRING, dims=[1])
     config.output.add(name=IMAGE_OUTPUT, data_type=model_config_pb2.TYPE_FP32, dims=[dim])
     config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
@@ -60,9 +60,16 @@ def write_image_model(repository: Path, embedder: str) -> Path:
         path.chmod(READABLE_DIRECTORY)
     shutil.rmtree(model_dir / VERSION, ignore_errors=True)
     os.replace(partial, model_dir / VERSION)
-    config = render_image_config(embedder, embedder_config.output[0].dims[0])
+    config = render_image_config(embedder, embedder_config.output[0].dims[0], embedder_config.max_batch_size)
     write_atomically(model_dir / CONFIG_FILENAME, lambda path: path.write_text(config))
     return model_dir
+
+
+def local_image_config(production: str, profile: TritonProfile) -> str:
+    """The image model's config for an embedder served with `profile`, whose batches may be smaller."""
+    config = parse_config(production)
+    config.max_batch_size = min(config.max_batch_size, profile.max_batch_size)
+    return text_format.MessageToString(config)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from model_export.image_model import local_image_config
 from model_export.triton_config import (
     ALLOCATOR_ENV,
     CPU_PROFILE,
@@ -73,8 +74,10 @@ def derive_local_repository(production: Path, local: Path, profile: TritonProfil
     shutil.rmtree(local, ignore_errors=True)
     for model_dir in model_dirs:
         target = local / model_dir.name
-        if not is_embedder(model_dir):  # a python-backend model (the image model) runs here as it is
+        if not is_embedder(model_dir):  # the image model runs here as written, batching as the embedder does
             shutil.copytree(model_dir, target)
+            config = target / "config.pbtxt"
+            config.write_text(local_image_config(config.read_text(), profile))
             continue
         target.mkdir(parents=True)
         (target / "config.pbtxt").write_text(local_config((model_dir / "config.pbtxt").read_text(), profile))

@@ -1,6 +1,7 @@
 """Photos decoded in Triton (IMAGE_PREPROCESSING=triton): the image model against the gateway's own decoding, over a
 real tritonserver serving two versions of the tiny embedder."""
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,9 +16,9 @@ from gateway.domain import FailedPrecondition, InvalidArgument
 from gateway.embedder import IMAGE_MODEL, TritonEmbedder
 from gateway.images import ImageLimits, preprocess
 from model_export.image_model import write_image_model
-from model_export.triton_config import parse_config, render_config
+from model_export.triton_config import CPU_PROFILE, parse_config, render_config
 from stack.triton import TritonServer, derive_local_repository
-from tests.triton_fixtures import TINY_BACKBONE, TINY_DIM, TINY_MODEL, TINY_PROFILE, TinyEmbedder, start_triton
+from tests.triton_fixtures import TINY_BACKBONE, TINY_DIM, TINY_MODEL, TinyEmbedder, start_triton
 
 TIMEOUT_S = 60.0
 
@@ -49,7 +50,7 @@ def decoding_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton
         (repository / TINY_MODEL / str(version)).mkdir()
         torch.jit.script(TinyEmbedder(TINY_DIM).eval()).save(str(repository / TINY_MODEL / str(version) / "model.pt"))
     write_image_model(repository, TINY_MODEL)
-    server = start_triton(repository, TINY_PROFILE)
+    server = start_triton(repository, CPU_PROFILE)  # the embedder takes batches of at most 4 images
     yield server
     server.stop()
 
@@ -122,7 +123,22 @@ def test_the_image_model_runs_locally_as_written_and_names_its_embedder(tmp_path
         ["__init__.py", "domain.py", "images.py"]
     assert (model_dir / "1" / "gateway" / "images.py").read_text() == \
         (Path(__file__).parent.parent / "gateway" / "images.py").read_text()
+    assert config.max_batch_size == 32, "as the embedder's production (GPU) profile"
     derive_local_repository(production, tmp_path / "local")
-    assert (tmp_path / "local" / IMAGE_MODEL / "config.pbtxt").read_text() == (model_dir / "config.pbtxt").read_text()
+    local = parse_config((tmp_path / "local" / IMAGE_MODEL / "config.pbtxt").read_text())
+    assert local.max_batch_size == CPU_PROFILE.max_batch_size, "never more images than the local embedder takes"
+    local.max_batch_size = config.max_batch_size
+    assert local == config
     assert (tmp_path / "local" / IMAGE_MODEL / "1" / "model.py").read_text() == \
         (model_dir / "1" / "model.py").read_text()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_more_concurrent_photos_than_the_embedder_batches_are_all_embedded(decoding_embedder: TritonEmbedder
+                                                                                 ) -> None:
+    photos = list(PHOTOS.values()) * 4  # 20 at once, more than a batch of the embedder
+    vectors = await asyncio.gather(*(decoding_embedder.embed_encoded(data, ImageLimits(), TIMEOUT_S)
+                                     for data in photos))
+    for data, vector in zip(photos, vectors, strict=True):
+        np.testing.assert_allclose(vector, (await decoding_embedder.embed(preprocess(data)[np.newaxis], TIMEOUT_S))[0],
+                                   atol=1e-5, rtol=0)
