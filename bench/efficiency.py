@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import profiling, serving
-from bench.processes import cpu_seconds_by_role
 from bench.workload import ImageSet
-from harness.load import LoadResult, measure, warm_up
+from harness.load import LoadResult, warm_up
 
 log = logging.getLogger(__name__)
 NATIVE = "native threads (engine search threads, gRPC core)"
@@ -103,10 +102,7 @@ async def _run(variant: str, history: bool, round_: int, load: serving.GatewayLo
     await warm_up(send, concurrency, serving.WARMUP_ROUNDS)
     gateway_pid = next(pid for pid, role in roles.items() if role == GATEWAY_ROLE)
     spy = await profiling.record(gateway_pid, duration_s, profile_to) if profile_to else None
-    before = cpu_seconds_by_role(roles)
-    result = await measure(send, concurrency, duration_s)
-    after = cpu_seconds_by_role(roles)
-    cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(result.requests, 1) for role in after}
+    result, cpu = await serving.measured_with_cpu(send, concurrency, duration_s, roles)
     profile = await profiling.finish(spy, profile_to, duration_s) if spy and profile_to else None
     stages = stage_cpu_ms(profile, cpu[GATEWAY_ROLE], result.throughput_per_s) if profile else {}
     log.info("%s, history %s, concurrency %d: %.1f requests/s, p50 %.1f ms, gateway CPU %.1f ms per request",

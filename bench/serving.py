@@ -163,12 +163,18 @@ async def measured(layer: str, placement: str, round_: int, send: Send, concurre
     `gateway_metrics` (which fetches the gateway's metrics text), the gateway's stage means during it."""
     await warm_up(send, concurrency, WARMUP_ROUNDS)
     stages_before = stage_seconds(gateway_metrics()) if gateway_metrics else {}
+    load, cpu = await measured_with_cpu(send, concurrency, duration_s, roles)
+    stage_ms = stage_means_ms(stages_before, stage_seconds(gateway_metrics())) if gateway_metrics else {}
+    return ServingRun(layer, placement, round_, load, cpu, stage_ms)
+
+
+async def measured_with_cpu(send: Send, concurrency: int, duration_s: float, roles: Mapping[int, str]
+                            ) -> tuple[LoadResult, dict[str, float]]:
+    """A closed-loop run of `send` and the CPU milliseconds each role spent per request during it."""
     before = cpu_seconds_by_role(roles)
     load = await measure(send, concurrency, duration_s)
     after = cpu_seconds_by_role(roles)
-    stage_ms = stage_means_ms(stages_before, stage_seconds(gateway_metrics())) if gateway_metrics else {}
-    cpu = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}
-    return ServingRun(layer, placement, round_, load, cpu, stage_ms)
+    return load, {role: (after[role] - before.get(role, 0.0)) * 1000 / max(load.requests, 1) for role in after}
 
 
 @dataclass(frozen=True)
