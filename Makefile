@@ -101,13 +101,15 @@ rollback: setup
 	$(PY) -m ops.rollout back $(if $(VERSION),--version $(VERSION))
 
 ## model-artifact: model VERSION (its model.pt, the production config and its training card) as the versioned
-## tarball build/artifacts/$(MODEL_NAME)-VERSION.tar.gz, which deploy/docker/model-repository.Dockerfile unpacks
+## tarball build/artifacts/$(MODEL_NAME)-VERSION.tar.gz, and the image model as image_embedder-1.tar.gz, which
+## deploy/docker/model-repository.Dockerfile unpacks
 ## model-load / model-unload: the Triton at TRITON_URL (deploy/k8s: triton-headless:8001, every pod in turn) starts /
 ## stops serving model VERSION through its repository API (explicit model control); unload refuses the version the
 ## catalog alias serves. A new version: make model-load VERSION=N+1, make rollout VERSION=N+1, make model-unload VERSION=N
 .PHONY: model-artifact model-load model-unload
 model-artifact: $(VENV)/.installed
 	$(PY) -m model_export.artifact --name $(MODEL_NAME) --version $(or $(VERSION),$(error set VERSION=N))
+	$(PY) -m model_export.artifact --name image_embedder --version 1
 
 model-load: $(VENV)/.installed
 	$(PY) -m ops.model_versions load $(or $(VERSION),$(error set VERSION=N))

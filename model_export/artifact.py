@@ -2,9 +2,11 @@
 
 ``build/artifacts/<name>-<N>.tar.gz`` holds, in Triton's repository layout, the production config
 (``<name>/config.pbtxt``, GPU profile) and ``<name>/<N>/model.pt`` with the training card when the version has
-one. The same files give the same bytes (entries sorted, no timestamps or owners), and ``<tarball>.sha256`` holds
-its digest in sha256sum's format. deploy/docker/model-repository.Dockerfile unpacks artifacts into the image
-that Triton's init container copies from (deploy/k8s/triton.yaml).
+one. For the image model (``--name image_embedder --version 1``, which decodes photos in Triton for
+IMAGE_PREPROCESSING=triton) it holds its config and every file of its version folder: ``model.py`` and the
+gateway's decoding code. The same files give the same bytes (entries sorted, no timestamps or owners), and
+``<tarball>.sha256`` holds its digest in sha256sum's format. deploy/docker/model-repository.Dockerfile unpacks
+artifacts into the image that Triton's init container copies from (deploy/k8s/triton.yaml).
 """
 
 import argparse
@@ -14,11 +16,13 @@ import io
 import tarfile
 from pathlib import Path
 
+from gateway.embedder import IMAGE_MODEL
 from model_export.export import CARD_JSON, CARD_MARKDOWN, CONFIG_FILENAME, MODEL_FILENAME, write_atomically
 from model_export.triton_config import PRODUCTION_PLATFORM, parse_config
 
 READABLE_FILE = 0o644
 READABLE_DIRECTORY = 0o755
+PYTHON_MODEL_FILENAME = "model.py"
 
 
 def artifact_name(name: str, version: int) -> str:
@@ -28,19 +32,37 @@ def artifact_name(name: str, version: int) -> str:
 def artifact_members(repository: Path, name: str, version: int) -> dict[str, Path]:
     """The files of version ``version`` of model ``name`` to deliver, by their path in the tarball.
 
-    Raises FileNotFoundError without the version's model.pt, ValueError when the config is not a production one.
+    Raises FileNotFoundError when the version was not written, ValueError when the config is not a production one.
     """
     model_dir = repository / name
-    weights = model_dir / str(version) / MODEL_FILENAME
+    version_dir = model_dir / str(version)
+    config_path = model_dir / CONFIG_FILENAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: run make model first")
+    config = parse_config(config_path.read_text())
+    if name == IMAGE_MODEL and config.name == name and config.backend == "python":
+        files = _image_model_files(version_dir)
+    elif config.name == name and config.platform == PRODUCTION_PLATFORM:
+        files = _embedder_files(version_dir, version)
+    else:
+        raise ValueError(f"{config_path} is not the production config of '{name}'")
+    return {path.relative_to(repository).as_posix(): path for path in [config_path, *files]}
+
+
+def _embedder_files(version_dir: Path, version: int) -> list[Path]:
+    """The version's weights and its training card when it has one."""
+    weights = version_dir / MODEL_FILENAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} does not exist: export version {version} first (make model, "
                                 "make finetune)")
-    config = parse_config((model_dir / CONFIG_FILENAME).read_text())
-    if config.platform != PRODUCTION_PLATFORM or config.name != name:
-        raise ValueError(f"{model_dir / CONFIG_FILENAME} is not the production config of '{name}'")
-    files = [model_dir / CONFIG_FILENAME, weights,
-             *(path for path in (weights.with_name(CARD_MARKDOWN), weights.with_name(CARD_JSON)) if path.is_file())]
-    return {path.relative_to(repository).as_posix(): path for path in files}
+    return [weights, *(path for path in (version_dir / CARD_MARKDOWN, version_dir / CARD_JSON) if path.is_file())]
+
+
+def _image_model_files(version_dir: Path) -> list[Path]:
+    """Every file of the image model's version folder (its model.py and the decoding package), bytecode left out."""
+    if not (version_dir / PYTHON_MODEL_FILENAME).is_file():
+        raise FileNotFoundError(f"{version_dir / PYTHON_MODEL_FILENAME} does not exist: run make model first")
+    return sorted(path for path in version_dir.rglob("*") if path.is_file() and "__pycache__" not in path.parts)
 
 
 def _entry(path: str, size: int, mode: int, kind: bytes) -> tarfile.TarInfo:

@@ -19,6 +19,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import Settings
+from gateway.embedder import IMAGE_MODEL
 from harness.gateway import RunningGateway, in_process
 from harness.health import eventually
 from model_export.triton_config import ALLOCATOR_ENV
@@ -266,7 +267,7 @@ def test_triton_runs_on_gpu_nodes_with_the_production_model_config(manifests):
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(toleration["key"] == "nvidia.com/gpu" for toleration in pod["tolerations"])
-    assert container["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    assert container["image"].split("/")[-1].split(":")[0] == "triton"  # deploy/docker/triton.Dockerfile
     assert "--model-repository=/models" in container["args"]
     assert ALLOCATOR_ENV.items() <= {variable["name"]: variable["value"] for variable in container["env"]}.items()
     assert find(manifests, "PodDisruptionBudget", "triton")["spec"]["minAvailable"] < triton["spec"]["replicas"]
@@ -375,7 +376,8 @@ def test_triton_serves_in_explicit_mode_the_repository_its_init_container_copies
     (init,) = pod["initContainers"]
     triton = pod["containers"][0]
     repository = next(arg.split("=", 1)[1] for arg in triton["args"] if arg.startswith("--model-repository="))
-    assert {"--model-control-mode=explicit", f"--load-model={Settings().model_name}"} <= set(triton["args"])
+    assert {"--model-control-mode=explicit", f"--load-model={Settings().model_name}",
+            f"--load-model={IMAGE_MODEL}"} <= set(triton["args"])
     served = next(mount for mount in triton["volumeMounts"] if mount["mountPath"] == repository)
     filled = next(mount for mount in init["volumeMounts"] if mount["name"] == served["name"])
     assert served.get("readOnly") is True

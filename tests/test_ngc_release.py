@@ -1,5 +1,6 @@
-"""The NGC Triton release that deploy/k8s and deploy/compose run, against the PyTorch NVIDIA publishes for each
-release (deploy/triton/ngc-support-matrix.json) and the torch that exports model.pt (requirements.lock)."""
+"""The NGC Triton release that deploy/k8s and deploy/compose run (through deploy/docker/triton.Dockerfile), against
+the PyTorch NVIDIA publishes for each release (deploy/triton/ngc-support-matrix.json) and the torch that exports
+model.pt (requirements.lock); and what that image adds for the image model."""
 
 import json
 import re
@@ -11,7 +12,10 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "deploy" / "triton" / "ngc-support-matrix.json"
-TRITON_IMAGE = re.compile(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3")
+DOCKERFILE = ROOT / "deploy" / "docker" / "triton.Dockerfile"
+NGC_IMAGE = re.compile(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3")
+# The image built from DOCKERFILE, tagged with the release it is built on.
+BUILT_IMAGE = re.compile(r"(?:^|/)(?:recsys-)?triton:(\d\d\.\d\d)-py3$")
 NVIDIA_SOURCES = ("https://docs.nvidia.com/", "https://github.com/triton-inference-server/")
 
 
@@ -19,10 +23,10 @@ def releases() -> dict[str, dict[str, str]]:
     return json.loads(MATRIX.read_text())["releases"]
 
 
-def pinned_torch() -> Version:
-    """The torch that exports model.pt, as requirements.lock pins it."""
+def pinned(package: str) -> Version:
+    """The version of `package` requirements.lock pins (torch: the one that exports model.pt)."""
     pins = (line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line)
-    return Version(next(pinned for name, pinned in pins if name.strip() == "torch").strip())
+    return Version(next(pinned for name, pinned in pins if name.strip() == package).strip())
 
 
 def can_serve(pytorch: str, exporter: Version) -> bool:
@@ -30,16 +34,21 @@ def can_serve(pytorch: str, exporter: Version) -> bool:
     return Version(pytorch) >= exporter
 
 
-def deployed_releases() -> set[str]:
-    """The Triton releases the Kubernetes Deployment and the compose service run."""
+def deployed_images() -> list[str]:
+    """The images the Kubernetes Deployment and the compose service run Triton from."""
     manifests = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "triton.yaml").read_text())
     deployment = next(doc for doc in manifests if doc["kind"] == "Deployment")
     images = [container["image"] for container in deployment["spec"]["template"]["spec"]["containers"]]
-    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "docker-compose.yml").read_text())
-    images.append(compose["services"]["triton"]["image"])
-    found = [TRITON_IMAGE.search(image) for image in images]
-    assert all(found), images
-    return {match.group(1) for match in found if match}
+    return [*images, yaml.safe_load((ROOT / "deploy" / "compose" / "docker-compose.yml").read_text())
+            ["services"]["triton"]["image"]]
+
+
+def deployed_releases() -> set[str]:
+    """The Triton releases deploy/docker/triton.Dockerfile builds on and the deployed images are tagged with."""
+    base = NGC_IMAGE.search(DOCKERFILE.read_text())
+    found = [BUILT_IMAGE.search(image) for image in deployed_images()]
+    assert base and all(found), deployed_images()
+    return {base.group(1), *(match.group(1) for match in found if match)}
 
 
 def test_every_release_records_its_pytorch_with_an_nvidia_source() -> None:
@@ -66,4 +75,15 @@ def test_the_rule_counts_an_ngc_snapshot_of_a_release_as_older_than_that_release
                                        "model.pt on NGC is unproven until one does or the export uses an older torch")
 def test_the_deployed_release_serves_torchscript_saved_by_the_pinned_torch() -> None:
     (release,) = deployed_releases()
-    assert can_serve(releases()[release]["pytorch"], pinned_torch())
+    assert can_serve(releases()[release]["pytorch"], pinned("torch"))
+
+
+def test_the_triton_image_adds_the_image_models_imports_at_the_gateways_versions() -> None:
+    """The image model decodes with the gateway's code: the same numpy and Pillow give the same pixels."""
+    text = DOCKERFILE.read_text()
+    installed = dict(re.findall(r"\b(numpy|pillow)==([\w.]+)", text))
+    assert {name: Version(version) for name, version in installed.items()} == {
+        "numpy": pinned("numpy"), "pillow": pinned("pillow")}
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "docker-compose.yml").read_text())
+    build = compose["services"]["triton"]["build"]
+    assert (ROOT / "deploy" / "compose" / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
