@@ -16,6 +16,8 @@ import io
 import tarfile
 from pathlib import Path
 
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 from gateway.embedder import IMAGE_MODEL
 from model_export.export import CARD_JSON, CARD_MARKDOWN, CONFIG_FILENAME, MODEL_FILENAME, write_atomically
 from model_export.triton_config import PRODUCTION_PLATFORM, parse_config
@@ -40,13 +42,23 @@ def artifact_members(repository: Path, name: str, version: int) -> dict[str, Pat
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist: run make model first")
     config = parse_config(config_path.read_text())
-    if name == IMAGE_MODEL and config.name == name and config.backend == "python":
+    if name == IMAGE_MODEL and config.name == name and _fronts_a_production_embedder(repository, config):
         files = _image_model_files(version_dir)
     elif config.name == name and config.platform == PRODUCTION_PLATFORM:
         files = _embedder_files(version_dir, version)
     else:
         raise ValueError(f"{config_path} is not the production config of '{name}'")
     return {path.relative_to(repository).as_posix(): path for path in [config_path, *files]}
+
+
+def _fronts_a_production_embedder(repository: Path, config: ModelConfig) -> bool:
+    """Whether `config` is the image model as `make model` writes it: python backend, in front of an embedder with
+    the production config, batching as that embedder does (a local derivation batches less)."""
+    embedder_path = repository / config.parameters["EMBEDDER"].string_value / CONFIG_FILENAME
+    if config.backend != "python" or not embedder_path.is_file():
+        return False
+    embedder = parse_config(embedder_path.read_text())
+    return embedder.platform == PRODUCTION_PLATFORM and embedder.max_batch_size == config.max_batch_size
 
 
 def _embedder_files(version_dir: Path, version: int) -> list[Path]:

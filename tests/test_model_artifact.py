@@ -18,8 +18,8 @@ from gateway.embedder import IMAGE_MODEL, TritonEmbedder
 from gateway.images import ImageLimits, preprocess
 from model_export.artifact import artifact_name, build_artifact, main
 from model_export.export import CARD_JSON, CARD_MARKDOWN
-from model_export.image_model import write_image_model
-from model_export.triton_config import local_config, render_config
+from model_export.image_model import local_image_config, write_image_model
+from model_export.triton_config import CPU_PROFILE, local_config, render_config
 from stack.triton import TritonServer
 from tests.triton_fixtures import TINY_BACKBONE, TINY_DIM, TINY_MODEL, TinyEmbedder, add_model
 
@@ -71,6 +71,10 @@ def test_the_image_model_artifact_holds_its_config_model_and_decoding_code(repos
         f"{IMAGE_MODEL}/1/model.py", f"{IMAGE_MODEL}/config.pbtxt"]
     with pytest.raises(SystemExit, match=r"image_embedder/2/model\.py does not exist: run make model first"):
         main(["--repository", str(repository), "--name", IMAGE_MODEL, "--version", "2", "--out", str(tmp_path)])
+    config = model_dir / "config.pbtxt"
+    config.write_text(local_image_config(config.read_text(), CPU_PROFILE))  # as the local launcher derives it
+    with pytest.raises(SystemExit, match="is not the production config of 'image_embedder'"):
+        main(["--repository", str(repository), "--name", IMAGE_MODEL, "--version", "1", "--out", str(tmp_path)])
 
 
 def test_only_an_exported_version_with_the_production_config_is_delivered(repository: Path, tmp_path: Path) -> None:
