@@ -20,11 +20,11 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from gateway.embedder import IMAGE_MODEL
 from model_export.export import CARD_JSON, CARD_MARKDOWN, CONFIG_FILENAME, MODEL_FILENAME, write_atomically
+from model_export.image_model import PYTHON_MODEL_FILENAME
 from model_export.triton_config import PRODUCTION_PLATFORM, parse_config
 
 READABLE_FILE = 0o644
 READABLE_DIRECTORY = 0o755
-PYTHON_MODEL_FILENAME = "model.py"
 
 
 def artifact_name(name: str, version: int) -> str:

@@ -24,6 +24,8 @@ SOURCE = Path(__file__).resolve().with_name("triton_image_model.py")
 # The gateway's decoding and what it imports, shipped as a package next to the model.
 DECODING_MODULES = ("domain.py", "images.py")
 VERSION = "1"
+# The file the python backend runs in the version folder.
+PYTHON_MODEL_FILENAME = "model.py"
 # Decoding runs on the Triton host's CPU cores, one batch of requests per instance at a time; the requests waiting
 # together reach the embedder as one batch, so the image model batches at most as many images as the embedder.
 INSTANCES = 2
@@ -52,7 +54,7 @@ def write_image_model(repository: Path, embedder: str) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     package = partial / "gateway"
     package.mkdir(parents=True)
-    shutil.copyfile(SOURCE, partial / "model.py")
+    shutil.copyfile(SOURCE, partial / PYTHON_MODEL_FILENAME)
     (package / "__init__.py").write_text('"""The gateway\'s image decoding, as the image_embedder model runs it."""\n')
     for module in DECODING_MODULES:
         shutil.copyfile(Path(gateway.__file__).with_name(module), package / module)

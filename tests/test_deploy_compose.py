@@ -26,6 +26,7 @@ from harness.health import wait_for_health
 from model_export.triton_config import ALLOCATOR_ENV
 from ops.secrets import secret_files, write_secrets
 from stack.net import free_port
+from tests.lock import lock_pins
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "deploy" / "compose" / "docker-compose.yml"
@@ -60,12 +61,6 @@ def arguments(stage: list[tuple[str, str]], instruction: str) -> list[str]:
 
 def exec_form(args: str) -> list[str]:
     return json.loads(args) if args.startswith("[") else shlex.split(args)
-
-
-def lock_pins() -> dict[str, str]:
-    lines = (ROOT / "requirements.lock").read_text().splitlines()
-    pins = (line.split("==") for line in lines if "==" in line and not line.startswith("#"))
-    return {canonicalize_name(name): pinned.strip() for name, pinned in pins}
 
 
 def ignored(path: str) -> bool:

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from packaging.version import Version
 
+from tests.lock import lock_pins
+
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "deploy" / "triton" / "ngc-support-matrix.json"
 DOCKERFILE = ROOT / "deploy" / "docker" / "triton.Dockerfile"
@@ -21,12 +23,6 @@ NVIDIA_SOURCES = ("https://docs.nvidia.com/", "https://github.com/triton-inferen
 
 def releases() -> dict[str, dict[str, str]]:
     return json.loads(MATRIX.read_text())["releases"]
-
-
-def pinned(package: str) -> Version:
-    """The version of `package` requirements.lock pins (torch: the one that exports model.pt)."""
-    pins = (line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line)
-    return Version(next(pinned for name, pinned in pins if name.strip() == package).strip())
 
 
 def can_serve(pytorch: str, exporter: Version) -> bool:
@@ -75,7 +71,7 @@ def test_the_rule_counts_an_ngc_snapshot_of_a_release_as_older_than_that_release
                                        "model.pt on NGC is unproven until one does or the export uses an older torch")
 def test_the_deployed_release_serves_torchscript_saved_by_the_pinned_torch() -> None:
     (release,) = deployed_releases()
-    assert can_serve(releases()[release]["pytorch"], pinned("torch"))
+    assert can_serve(releases()[release]["pytorch"], Version(lock_pins()["torch"]))
 
 
 def test_the_triton_image_adds_the_image_models_imports_at_the_gateways_versions() -> None:
@@ -83,7 +79,7 @@ def test_the_triton_image_adds_the_image_models_imports_at_the_gateways_versions
     text = DOCKERFILE.read_text()
     installed = dict(re.findall(r"\b(numpy|pillow)==([\w.]+)", text))
     assert {name: Version(version) for name, version in installed.items()} == {
-        "numpy": pinned("numpy"), "pillow": pinned("pillow")}
+        name: Version(lock_pins()[name]) for name in ("numpy", "pillow")}
     compose = yaml.safe_load((ROOT / "deploy" / "compose" / "docker-compose.yml").read_text())
     build = compose["services"]["triton"]["build"]
     assert (ROOT / "deploy" / "compose" / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
